@@ -1,0 +1,115 @@
+"""Settings, read from the environment (and `.env`), grouped by the part they configure."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "root", "dev"})
+
+
+def _group(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore")
+
+
+class DatabaseSettings(BaseSettings):
+    """`DATABASE_URL`: an external PostgreSQL; unset means the embedded one in the data dir."""
+
+    model_config = _group("DATABASE_")
+    url: SecretStr | None = None
+    pool_size: int = Field(default=10, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=200)
+    replica_url: SecretStr | None = None
+
+
+class RedisSettings(BaseSettings):
+    """`REDIS_URL`: an external Redis; unset means the embedded one in the data dir."""
+
+    model_config = _group("REDIS_")
+    url: SecretStr | None = None
+    advertised_url: str | None = None
+
+
+class VaultSettings(BaseSettings):
+    """`VAULT_ADDR` + `VAULT_TOKEN`: Vault/OpenBao KV v2; unset means the local encrypted store."""
+
+    model_config = _group("VAULT_")
+    addr: str | None = None
+    token: SecretStr | None = None
+    namespace: str | None = None
+    kv_mount: str = "secret"
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+
+class FederationSettings(BaseSettings):
+    """How this hub speaks to its peers (`POWERNODE_FEDERATION_*`)."""
+
+    model_config = _group("POWERNODE_FEDERATION_")
+    trusted_proxies: list[str] = Field(default_factory=list)
+    heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    heartbeat_recent_seconds: float = Field(default=90.0, gt=0)
+    heartbeat_stale_seconds: float = Field(default=300.0, gt=0)
+    findings_interval_seconds: float = Field(default=60.0, gt=0)
+    default_token_ttl_seconds: int = Field(default=7 * 86400, ge=86400, le=30 * 86400)
+    grant_ttl_days: int = Field(default=365, ge=1, le=3650)
+    grant_retention_days: int = Field(default=90, ge=1)
+
+
+class ReplicationSettings(BaseSettings):
+    """cluster_member replication on the primary this hub runs on (`POWERNODE_REPLICATION_*`)."""
+
+    model_config = _group("POWERNODE_REPLICATION_")
+    primary_host: str | None = None
+    primary_port: int | None = Field(default=None, ge=1, le=65535)
+    password_ttl_days: int = Field(default=30, ge=1, le=3650)
+    slot_inactive_seconds: float = Field(default=3600.0, gt=0)
+    slot_max_retained_bytes: int = Field(default=1 << 30, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the hub reads at start; secrets are `SecretStr` and never printed."""
+
+    model_config = SettingsConfigDict(env_prefix="POWERNODE_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".powernode")
+    public_url: str | None = None
+    provisioner: Literal["local", "manual", "qemu"] = "local"
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    secret_key: SecretStr | None = None
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    federation: FederationSettings = Field(default_factory=FederationSettings)
+    replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external database is configured: the hub runs its own PostgreSQL and Redis."""
+        return self.database.url is None
+
+    def database_url(self) -> str:
+        if self.database.url is None:
+            raise RuntimeError("DATABASE_URL is not set and the embedded PostgreSQL is not running")
+        return self.database.url.get_secret_value()
+
+    def redis_url(self) -> str:
+        if self.redis.url is None:
+            raise RuntimeError("REDIS_URL is not set and the embedded Redis is not running")
+        return self.redis.url.get_secret_value()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

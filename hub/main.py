@@ -1,0 +1,112 @@
+"""create_app(): lifespan, routers, the one error handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub import api
+from hub.config import Settings, get_settings
+from hub.exceptions import HubError
+from hub.runtime import HubRuntime
+
+log = logging.getLogger(__name__)
+
+
+def error_body(message: str, code: str, details: dict | None = None) -> dict:
+    body: dict = {"success": False, "error": message, "code": code}
+    if details:
+        body["details"] = details
+    return body
+
+
+def _validation_details(exc: RequestValidationError) -> dict:
+    fields = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        fields.append({"field": loc, "message": err.get("msg", "invalid")})
+    return {"fields": fields}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HubError)
+    async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.code, exc.details), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body(_validation_message(exc), "VALIDATION_FAILED", _validation_details(exc)), 400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse(error_body(str(exc.detail), code), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse(error_body("Internal server error", "INTERNAL_ERROR"), 500)
+
+
+def create_app(settings: Settings | None = None, runtime: HubRuntime | None = None) -> FastAPI:
+    """The hub's ASGI app; `runtime` lets a caller (tests, `serve`) own the connections."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = runtime is None
+        app.state.runtime = runtime or await HubRuntime.open(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.runtime.close()
+
+    app = FastAPI(title="Powernode Spawn hub", version="0.1.0", lifespan=lifespan)
+    if runtime is not None:
+        app.state.runtime = runtime
+    install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"success": True, "data": {"status": "ok"}}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        rt: HubRuntime = request.app.state.runtime
+        checks = {"database": False, "redis": False}
+        try:
+            async with rt.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception as e:  # readiness reports, it does not raise
+            log.warning("readyz: database unreachable: %s", type(e).__name__)
+        try:
+            checks["redis"] = bool(await rt.redis.ping())
+        except Exception as e:
+            log.warning("readyz: redis unreachable: %s", type(e).__name__)
+        if all(checks.values()):
+            return JSONResponse({"success": True, "data": {"status": "ready", "checks": checks}})
+        return JSONResponse(
+            error_body("Not ready", "NOT_READY", {"checks": checks}), status_code=503
+        )
+
+    api.include_routers(app)
+    return app

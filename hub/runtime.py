@@ -1,0 +1,46 @@
+"""What one hub process holds while it runs: settings, the engine, Redis, the secret store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from hub import database
+from hub.config import Settings
+
+
+@dataclass
+class HubRuntime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: ArqRedis
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> HubRuntime:
+        engine = database.create_engine(
+            settings.database_url(),
+            pool_size=settings.database.pool_size,
+            max_overflow=settings.database.max_overflow,
+        )
+        redis = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url()), default_queue_name=queue_name()
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessionmaker=database.create_sessionmaker(engine),
+            redis=redis,
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+
+def queue_name() -> str:
+    return "powernode:queue"
