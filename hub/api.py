@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from hub.federation.accept import router as accept_router
+from hub.provisioning import router as templates_router
+from hub.spawn import router as spawn_router
+
+API_PREFIX = "/api/v1"
+
 
 def include_routers(app: FastAPI) -> None:
-    return None
+    app.include_router(spawn_router.router, prefix=API_PREFIX)
+    app.include_router(templates_router.router, prefix=API_PREFIX)
+    app.include_router(accept_router.router, prefix=API_PREFIX)

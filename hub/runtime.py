@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hub import database
 from hub.config import Settings
+from hub.secrets import ca as ca_service
+from hub.secrets.store import SecretStore, open_store
 
 
 @dataclass
@@ -18,6 +20,8 @@ class HubRuntime:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: ArqRedis
+    secrets: SecretStore
+    ca: ca_service.FederationCA
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -30,11 +34,21 @@ class HubRuntime:
         redis = await create_pool(
             RedisSettings.from_dsn(settings.redis_url()), default_queue_name=queue_name()
         )
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secrets = open_store(settings)
+        try:
+            ca = await ca_service.load_or_create(data_dir=settings.data_dir, store=secrets)
+        except BaseException:
+            await redis.aclose()
+            await engine.dispose()
+            raise
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=database.create_sessionmaker(engine),
             redis=redis,
+            secrets=secrets,
+            ca=ca,
         )
 
     async def close(self) -> None:

@@ -18,9 +18,7 @@ class Finding(Base):
     id: Mapped[uuid.UUID] = uuid_pk()
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(200))
-    peer_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("federation_peer.id", ondelete="CASCADE")
-    )
+    peer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("federation_peer.id", ondelete="CASCADE"))
     severity: Mapped[str] = mapped_column(String(16), default="warning")
     message: Mapped[str] = mapped_column(String(1000), default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))

@@ -51,12 +51,8 @@ class FederationPeer(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", default=dict, server_default=text("'{}'::jsonb")
     )
-    endpoints: Mapped[list[Any]] = mapped_column(
-        JSONB, default=list, server_default=text("'[]'::jsonb")
-    )
-    capabilities: Mapped[dict[str, Any]] = mapped_column(
-        default=dict, server_default=text("'{}'::jsonb")
-    )
+    endpoints: Mapped[list[Any]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    capabilities: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = now_column()
     signed_at: Mapped[datetime | None]

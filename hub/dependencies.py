@@ -1,0 +1,56 @@
+"""Annotated dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.config import Settings
+from hub.operators import service as operators_service
+from hub.runtime import HubRuntime
+
+
+def get_runtime(request: Request) -> HubRuntime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[HubRuntime, Depends(get_runtime)]
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    async with runtime.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def require(permission: str) -> Callable[..., Coroutine[Any, Any, operators_service.Operator]]:
+    """A dependency: the calling operator, 401 without a valid token, 403 without `permission`."""
+
+    async def dependency(request: Request, runtime: RuntimeDep) -> operators_service.Operator:
+        async with runtime.sessionmaker() as session, session.begin():
+            operator = await operators_service.authenticate(session, bearer=_bearer(request))
+        operator.require(permission)
+        return operator
+
+    return dependency
+
+
+OperatorT = operators_service.Operator

@@ -1,0 +1,238 @@
+"""Accept: a child redeems its single-use acceptance token (wire-compat), optionally binding a key."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import service as audit_service
+from hub.database import utcnow
+from hub.exceptions import Conflict, Unauthorized, Unprocessable
+from hub.federation.grants.models import FederationGrant
+from hub.federation.peers.models import AcceptanceToken, FederationPeer
+from hub.runtime import HubRuntime
+from hub.secrets import ca as ca_service
+from hub.secrets import tokens
+from shared_contract.accept import AcceptRequest, AcceptResponseData, GrantInfo
+from shared_contract.version import UnsupportedContractVersion, negotiate
+
+log = logging.getLogger(__name__)
+NOT_RECOGNIZED = "acceptance_token not recognized or expired"
+MANAGED_CHILD_OPERATOR = "managed_child_operator"
+
+
+def bearer_secret_path(grant_id: uuid.UUID) -> str:
+    return f"federation_grant_bearer/{grant_id}"
+
+
+def parse_request(body: Any) -> tuple[AcceptRequest, int]:
+    """422 for a blank token, a bad body or an unsupported version, as the original answers."""
+    if not isinstance(body, dict):
+        raise Unprocessable("request body must be a JSON object", code="INVALID_REQUEST")
+    try:
+        request = AcceptRequest.model_validate(body)
+    except ValidationError as e:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors()[:5])
+        raise Unprocessable(f"invalid accept request ({fields})", code="INVALID_REQUEST") from None
+    if not request.acceptance_token.strip():
+        raise Unprocessable("acceptance_token is required", code="INVALID_REQUEST")
+    try:
+        agreed = negotiate(request.contract_version)
+    except UnsupportedContractVersion as e:
+        raise Unprocessable(str(e), code="UNSUPPORTED_CONTRACT_VERSION") from None
+    return request, agreed
+
+
+async def _consume(
+    session: AsyncSession, *, public_id: str, secret_hash: str, key_fp: str | None
+) -> uuid.UUID | None:
+    """Single use in SQL: the one UPDATE that flips consumed_at wins; everyone else gets nothing."""
+    return await session.scalar(
+        update(AcceptanceToken)
+        .where(
+            AcceptanceToken.public_id == public_id,
+            AcceptanceToken.secret_hash == secret_hash,
+            AcceptanceToken.consumed_at.is_(None),
+            AcceptanceToken.superseded_at.is_(None),
+            AcceptanceToken.expires_at > utcnow(),
+        )
+        .values(consumed_at=utcnow(), consumed_by=key_fp)
+        .returning(AcceptanceToken.peer_id)
+    )
+
+
+async def _retry_peer(
+    session: AsyncSession, *, public_id: str, secret_hash: str, key_fp: str | None
+) -> FederationPeer:
+    """A used token: the same key retrying after a lost response gets its answer again."""
+    token = await session.scalar(
+        select(AcceptanceToken).where(
+            AcceptanceToken.public_id == public_id,
+            AcceptanceToken.secret_hash == secret_hash,
+            AcceptanceToken.consumed_at.is_not(None),
+            AcceptanceToken.superseded_at.is_(None),
+        )
+    )
+    if token is None or key_fp is None or token.consumed_by is None:
+        raise Unauthorized(NOT_RECOGNIZED)
+    if token.consumed_by != key_fp:
+        raise Conflict(
+            "acceptance_token was already redeemed with a different key", code="TOKEN_KEY_MISMATCH"
+        )
+    peer = await session.get(FederationPeer, token.peer_id)
+    if peer is None or peer.status in ("revoked", "suspended"):
+        raise Unauthorized(NOT_RECOGNIZED)
+    return peer
+
+
+async def _mark_accepted(
+    session: AsyncSession, *, peer_id: uuid.UUID, request: AcceptRequest, agreed: int
+) -> FederationPeer:
+    now = utcnow()
+    child = request.child
+    values: dict[str, Any] = {
+        "status": "accepted",
+        "accepted_at": now,
+        "updated_at": now,
+        "contract_version": agreed,
+        "endpoints": [e.model_dump(exclude_none=True) for e in request.endpoints],
+        "capabilities": request.capabilities,
+    }
+    if child is not None:
+        values.update(
+            {k: v for k, v in {"remote_platform_id": child.platform_id, "remote_url": child.url}.items() if v}
+        )
+    peer = await session.scalar(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer_id, FederationPeer.status == "proposed")
+        .values(**values)
+        .returning(FederationPeer)
+        .execution_options(populate_existing=True)
+    )
+    if peer is None:
+        raise Unprocessable("Transition to accepted is not allowed for this peer", code="INVALID_TRANSITION")
+    return peer
+
+
+async def _held_grant(session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer) -> GrantInfo:
+    """managed_child: the parent's operator grant on the child, issued once, in this transaction."""
+    grant = await session.scalar(
+        select(FederationGrant).where(
+            FederationGrant.peer_id == peer.id,
+            FederationGrant.direction == "held",
+            FederationGrant.resource_kind == MANAGED_CHILD_OPERATOR,
+            FederationGrant.revoked_at.is_(None),
+            FederationGrant.archived_at.is_(None),
+        )
+    )
+    bearer: str | None
+    if grant is None:
+        grant_id = uuid.uuid4()
+        bearer = tokens.issue(tokens.GRANT_BEARER_PREFIX).plaintext
+        await runtime.secrets.put(bearer_secret_path(grant_id), {"bearer": bearer})
+        await session.execute(
+            insert(FederationGrant)
+            .values(
+                id=grant_id,
+                peer_id=peer.id,
+                direction="held",
+                resource_kind=MANAGED_CHILD_OPERATOR,
+                remote_subject=f"parent-operator@{peer.id}",
+                permission_scopes=["read", "write", "admin"],
+                allowlists={},
+                bearer_secret_ref=bearer_secret_path(grant_id),
+                expires_at=utcnow() + timedelta(days=runtime.settings.federation.grant_ttl_days),
+                metadata={
+                    "auto_issued_by": "managed_child_accept_cascade",
+                    "spawn_mode": peer.spawn_mode,
+                    "spawn_role": peer.spawn_role,
+                },
+            )
+            .on_conflict_do_nothing()
+        )
+        grant = await session.get(FederationGrant, grant_id)
+        if grant is None:
+            raise Conflict("a live managed_child_operator grant already exists", code="GRANT_EXISTS")
+    else:
+        stored = await runtime.secrets.get(grant.bearer_secret_ref or "")
+        bearer = stored["bearer"] if stored else None
+    return GrantInfo(
+        id=str(grant.id),
+        resource_kind=grant.resource_kind,
+        permission_scopes=grant.permission_scopes,
+        remote_subject=grant.remote_subject,
+        expires_at=grant.expires_at.isoformat(),
+        bearer_token=bearer,
+    )
+
+
+def _iso(value: datetime | None) -> str:
+    return (value or utcnow()).isoformat()
+
+
+async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> AcceptResponseData:
+    request, agreed = parse_request(body)
+    plaintext = request.acceptance_token.strip()
+    public_id = tokens.public_id_of(tokens.ACCEPTANCE_TOKEN_PREFIX, plaintext)
+    if public_id is None:
+        raise Unauthorized(NOT_RECOGNIZED)
+    csr = ca_service.parse_csr(request.csr_pem) if request.csr_pem else None
+    key_fp = ca_service.key_fingerprint(csr.public_key()) if csr is not None else None
+    secret_hash = tokens.hash_secret(plaintext)
+    peer_id = await _consume(session, public_id=public_id, secret_hash=secret_hash, key_fp=key_fp)
+    if peer_id is not None:
+        peer = await _mark_accepted(session, peer_id=peer_id, request=request, agreed=agreed)
+        retry = False
+    else:
+        peer = await _retry_peer(session, public_id=public_id, secret_hash=secret_hash, key_fp=key_fp)
+        retry = True
+    response: dict[str, Any] = {
+        "peer_id": str(peer.id),
+        "status": peer.status,
+        "peer_kind": peer.peer_kind,
+        "contract_version_agreed": peer.contract_version or agreed,
+        "accepted_at": _iso(peer.accepted_at),
+        "handshake_at": _iso(None),
+        "spawn_mode": peer.spawn_mode,
+        "parent_platform_url": runtime.settings.public_url,
+    }
+    if csr is not None:
+        cert = runtime.ca.sign_peer_csr(csr, peer_id=peer.id)
+        fingerprint = ca_service.cert_fingerprint(cert)
+        await session.execute(
+            update(FederationPeer)
+            .where(FederationPeer.id == peer.id)
+            .values(
+                client_cert_fingerprint=fingerprint,
+                client_cert_serial=format(cert.serial_number, "x"),
+                signed_at=utcnow(),
+            )
+        )
+        response.update(
+            client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            ca_chain_pem=runtime.ca.chain_pem,
+            client_cert_fingerprint=fingerprint,
+        )
+    if peer.spawn_mode == "managed_child":
+        response["grant"] = await _held_grant(session, runtime=runtime, peer=peer)
+    if peer.spawn_mode == "cluster_member":
+        from hub.replication import service as replication_service
+
+        response.update(await replication_service.accept_additions(session, runtime=runtime, peer=peer))
+    await audit_service.record(
+        session,
+        actor=f"peer:{peer.id}",
+        action="child.accept.retry" if retry else "child.accept",
+        target=str(peer.id),
+        details={"token_public_id": public_id, "key_bound": key_fp is not None},
+    )
+    await session.commit()
+    return AcceptResponseData.model_validate(response)

@@ -1,0 +1,256 @@
+"""Children as the parent sees them: list, show, revoke, and the views the operator API returns."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import service as audit_service
+from hub.database import utcnow
+from hub.exceptions import Conflict, NotFound, ValidationFailed
+from hub.federation.findings.models import Finding
+from hub.federation.grants.models import FederationGrant
+from hub.federation.peers.models import PEER_STATUSES, SPAWN_MODES, AcceptanceToken, FederationPeer
+from hub.federation.peers.schemas import (
+    ChildDetail,
+    ChildSummary,
+    FindingView,
+    GrantView,
+    NodeInstanceView,
+)
+from hub.provisioning.models import NodeInstance
+
+MAX_PAGE = 500
+
+
+def parse_peer_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as e:
+        raise NotFound(f"Child {value!r} not found") from e
+
+
+async def get_child_or_raise(session: AsyncSession, *, peer_id: str | uuid.UUID) -> FederationPeer:
+    pid = peer_id if isinstance(peer_id, uuid.UUID) else parse_peer_id(peer_id)
+    peer = await session.scalar(
+        select(FederationPeer).where(FederationPeer.id == pid, FederationPeer.spawn_role == "parent")
+    )
+    if peer is None:
+        raise NotFound(f"Child {peer_id} not found")
+    return peer
+
+
+async def _live_tokens(session: AsyncSession, peer_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    if not peer_ids:
+        return {}
+    rows = await session.execute(
+        select(AcceptanceToken.peer_id, AcceptanceToken.expires_at).where(
+            AcceptanceToken.peer_id.in_(peer_ids),
+            AcceptanceToken.superseded_at.is_(None),
+            AcceptanceToken.consumed_at.is_(None),
+        )
+    )
+    return {peer_id: expires_at for peer_id, expires_at in rows}
+
+
+def _summary_fields(peer: FederationPeer, token_expires_at: datetime | None) -> dict[str, Any]:
+    return {
+        "id": str(peer.id),
+        "name": peer.name,
+        "remote_instance_url": peer.remote_url,
+        "spawn_mode": peer.spawn_mode,
+        "status": peer.status,
+        "created_at": peer.created_at,
+        "last_heartbeat_at": peer.last_heartbeat_at,
+        "acceptance_pending": peer.status == "proposed"
+        and token_expires_at is not None
+        and token_expires_at > utcnow(),
+        "acceptance_expires_at": token_expires_at if peer.status == "proposed" else None,
+        "template_id": peer.template_id,
+        "region": peer.region,
+        "emancipated": peer.emancipated_at is not None,
+    }
+
+
+async def summaries(session: AsyncSession, peers: list[FederationPeer]) -> list[ChildSummary]:
+    tokens = await _live_tokens(session, [p.id for p in peers])
+    return [ChildSummary(**_summary_fields(p, tokens.get(p.id))) for p in peers]
+
+
+def grant_view(grant: FederationGrant) -> GrantView:
+    return GrantView(
+        id=str(grant.id),
+        peer_id=str(grant.peer_id),
+        direction=grant.direction,
+        resource_kind=grant.resource_kind,
+        remote_subject=grant.remote_subject,
+        permission_scopes=grant.permission_scopes,
+        allowlists=grant.allowlists,
+        state=grant.state(),
+        created_at=grant.created_at,
+        expires_at=grant.expires_at,
+        revoked_at=grant.revoked_at,
+        revoke_reason=grant.revoke_reason,
+        purge_after=grant.purge_after,
+        metadata=grant.metadata_,
+    )
+
+
+def finding_view(finding: Finding) -> FindingView:
+    return FindingView(
+        id=str(finding.id),
+        kind=finding.kind,
+        subject=finding.subject,
+        peer_id=str(finding.peer_id) if finding.peer_id else None,
+        severity=finding.severity,
+        message=finding.message,
+        details=finding.details,
+        first_seen=finding.first_seen,
+        last_seen=finding.last_seen,
+        resolved_at=finding.resolved_at,
+    )
+
+
+def node_instance_view(node: NodeInstance) -> NodeInstanceView:
+    return NodeInstanceView(
+        id=str(node.id),
+        name=node.name,
+        provider=node.provider,
+        template_id=node.template_id,
+        region=node.region,
+        state=node.state,
+        provider_ref=node.provider_ref,
+        payload_digest=node.payload_digest,
+        error=node.error,
+        details=node.details,
+    )
+
+
+async def detail(session: AsyncSession, peer: FederationPeer) -> ChildDetail:
+    tokens = await _live_tokens(session, [peer.id])
+    grants = (
+        await session.scalars(
+            select(FederationGrant)
+            .where(FederationGrant.peer_id == peer.id, FederationGrant.archived_at.is_(None))
+            .order_by(FederationGrant.created_at)
+        )
+    ).all()
+    findings = (
+        await session.scalars(
+            select(Finding)
+            .where(Finding.peer_id == peer.id, Finding.resolved_at.is_(None))
+            .order_by(Finding.first_seen)
+        )
+    ).all()
+    node = await session.get(NodeInstance, peer.node_instance_id) if peer.node_instance_id else None
+    return ChildDetail(
+        **_summary_fields(peer, tokens.get(peer.id)),
+        endpoints=peer.endpoints,
+        capabilities=peer.capabilities,
+        metadata=peer.metadata_,
+        signed_at=peer.signed_at,
+        spawn_role=peer.spawn_role,
+        remote_platform_id=peer.remote_platform_id,
+        contract_version=peer.contract_version,
+        accepted_at=peer.accepted_at,
+        enrolled_at=peer.enrolled_at,
+        activated_at=peer.activated_at,
+        revoked_at=peer.revoked_at,
+        revoke_reason=peer.revoke_reason,
+        client_cert_fingerprint=peer.client_cert_fingerprint,
+        grants=[grant_view(g) for g in grants],
+        node_instance=node_instance_view(node) if node else None,
+        findings=[finding_view(f) for f in findings],
+    )
+
+
+def encode_cursor(peer: FederationPeer) -> str:
+    raw = f"{peer.created_at.isoformat()}|{peer.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, peer_id = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(peer_id)
+    except ValueError as e:
+        raise ValidationFailed("cursor is not a cursor this API returned") from e
+
+
+def parse_statuses(value: str | None) -> list[str]:
+    statuses = [s.strip() for s in (value or "").split(",") if s.strip()]
+    unknown = sorted(set(statuses) - set(PEER_STATUSES))
+    if unknown:
+        raise ValidationFailed(f"Unknown status {unknown}; statuses: {', '.join(PEER_STATUSES)}")
+    return statuses
+
+
+async def list_children(
+    session: AsyncSession,
+    *,
+    spawn_mode: str | None,
+    statuses: list[str],
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[FederationPeer], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    if spawn_mode is not None and spawn_mode not in SPAWN_MODES:
+        raise ValidationFailed(f"Unknown spawn_mode {spawn_mode!r}; modes: {', '.join(SPAWN_MODES)}")
+    query = select(FederationPeer).where(FederationPeer.spawn_role == "parent")
+    if spawn_mode:
+        query = query.where(FederationPeer.spawn_mode == spawn_mode)
+    if statuses:
+        query = query.where(FederationPeer.status.in_(statuses))
+    if cursor:
+        created, peer_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                FederationPeer.created_at < created,
+                and_(FederationPeer.created_at == created, FederationPeer.id < peer_id),
+            )
+        )
+    query = query.order_by(FederationPeer.created_at.desc(), FederationPeer.id.desc()).limit(limit + 1)
+    peers = list((await session.scalars(query)).all())
+    next_cursor = encode_cursor(peers[limit - 1]) if len(peers) > limit else None
+    return peers[:limit], next_cursor
+
+
+async def revoke(
+    session: AsyncSession, *, peer_id: str, reason: str | None, actor: str, retention_days: int = 90
+) -> FederationPeer:
+    """The hard break: status revoked, token and certificate dead, grants on our side revoked."""
+    peer = await get_child_or_raise(session, peer_id=peer_id)
+    now = utcnow()
+    revoked = await session.scalar(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer.id, FederationPeer.status != "revoked")
+        .values(status="revoked", revoked_at=now, revoke_reason=reason, updated_at=now)
+        .returning(FederationPeer.id)
+    )
+    if revoked is None:
+        raise Conflict(f"Child {peer.id} is already revoked", code="ALREADY_REVOKED")
+    await session.execute(
+        update(AcceptanceToken)
+        .where(AcceptanceToken.peer_id == peer.id, AcceptanceToken.superseded_at.is_(None))
+        .values(superseded_at=now)
+    )
+    await session.execute(
+        update(FederationGrant)
+        .where(FederationGrant.peer_id == peer.id, FederationGrant.revoked_at.is_(None))
+        .values(
+            revoked_at=now,
+            revoke_reason=reason or "peer revoked",
+            purge_after=now + timedelta(days=retention_days),
+        )
+    )
+    await audit_service.record(
+        session, actor=actor, action="child.revoke", target=str(peer.id), details={"reason": reason}
+    )
+    await session.refresh(peer)
+    return peer

@@ -1,0 +1,147 @@
+"""Where secrets live: Vault/OpenBao KV v2 when configured, else a local encrypted store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import hvac
+import hvac.exceptions
+import requests
+from cryptography.fernet import Fernet, InvalidToken
+
+from hub.config import Settings
+from hub.exceptions import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
+
+
+class SecretStoreUnavailable(ServiceUnavailable):
+    code = "SECRET_STORE_UNAVAILABLE"
+
+
+class SecretStore(Protocol):
+    kind: str
+
+    async def put(self, path: str, data: dict[str, Any]) -> None: ...
+
+    async def get(self, path: str) -> dict[str, Any] | None: ...
+
+    async def delete(self, path: str) -> None: ...
+
+
+def _check_path(path: str) -> str:
+    if not _SAFE_PATH.match(path) or ".." in path or path.startswith("/"):
+        raise ValueError(f"invalid secret path {path!r}")
+    return path
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write atomically with mode 0600 from the first byte on."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class LocalEncryptedStore:
+    """Fernet-encrypted files under `<data_dir>/secrets/`; the key file is mode 0600."""
+
+    kind = "local"
+
+    def __init__(self, data_dir: Path):
+        self.root = data_dir / "secrets"
+        key_file = data_dir / "secrets.key"
+        if not key_file.exists():
+            write_private_file(key_file, Fernet.generate_key())
+        self._fernet = Fernet(key_file.read_bytes().strip())
+
+    def __repr__(self) -> str:
+        return f"LocalEncryptedStore(root={str(self.root)!r})"
+
+    def _file(self, path: str) -> Path:
+        return self.root / (_check_path(path) + ".enc")
+
+    async def put(self, path: str, data: dict[str, Any]) -> None:
+        write_private_file(self._file(path), self._fernet.encrypt(json.dumps(data).encode()))
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        file = self._file(path)
+        if not file.exists():
+            return None
+        try:
+            return json.loads(self._fernet.decrypt(file.read_bytes()))
+        except InvalidToken as e:
+            raise SecretStoreUnavailable(f"secret at {path} cannot be decrypted with this key") from e
+
+    async def delete(self, path: str) -> None:
+        self._file(path).unlink(missing_ok=True)
+
+
+class VaultStore:
+    """HashiCorp Vault or OpenBao, KV v2; hvac is blocking, so every call runs in a thread."""
+
+    kind = "vault"
+
+    def __init__(self, *, addr: str, token: str, mount: str, namespace: str | None, timeout: float):
+        self.addr = addr
+        self.mount = mount
+        self._client = hvac.Client(url=addr, token=token, namespace=namespace, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"VaultStore(addr={self.addr!r}, mount={self.mount!r})"
+
+    async def _call(self, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, mount_point=self.mount, **kwargs)
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (hvac.exceptions.VaultError, requests.RequestException, OSError) as e:
+            raise SecretStoreUnavailable(f"Vault at {self.addr} is unavailable ({type(e).__name__})") from e
+
+    async def put(self, path: str, data: dict[str, Any]) -> None:
+        kv = self._client.secrets.kv.v2
+        await self._call(kv.create_or_update_secret, path=_check_path(path), secret=data)
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        kv = self._client.secrets.kv.v2
+        response = await self._call(
+            kv.read_secret_version, path=_check_path(path), raise_on_deleted_version=False
+        )
+        if not response:
+            return None
+        return response["data"]["data"]
+
+    async def delete(self, path: str) -> None:
+        kv = self._client.secrets.kv.v2
+        await self._call(kv.delete_metadata_and_all_versions, path=_check_path(path))
+
+
+def open_store(settings: Settings) -> SecretStore:
+    vault = settings.vault
+    if vault.addr:
+        if vault.token is None:
+            raise ValueError("VAULT_ADDR is set but VAULT_TOKEN is not")
+        return VaultStore(
+            addr=vault.addr,
+            token=vault.token.get_secret_value(),
+            mount=vault.kv_mount,
+            namespace=vault.namespace,
+            timeout=vault.timeout_seconds,
+        )
+    log.warning(
+        "secrets go to the local encrypted store in %s (set VAULT_ADDR for Vault/OpenBao)",
+        settings.data_dir,
+    )
+    return LocalEncryptedStore(settings.data_dir)

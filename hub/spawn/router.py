@@ -1,0 +1,101 @@
+"""Operator API: spawn a child and manage the children (wire-compat paths)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query
+
+from hub.dependencies import OperatorT, RuntimeDep, SessionDep, require
+from hub.federation.peers import service as peers_service
+from hub.federation.peers.schemas import ChildEnvelope, ChildList, ChildSummary
+from hub.operators import permissions
+from hub.spawn import service as spawn_service
+from hub.spawn.schemas import RevokeRequest, RotateTokenRequest, SpawnRequest, SpawnResponse
+from hub.wire import Envelope, PagedEnvelope, envelope
+
+router = APIRouter(prefix="/system/federation/children", tags=["children"])
+Reader = Annotated[OperatorT, Depends(require(permissions.CHILDREN_READ))]
+Spawner = Annotated[OperatorT, Depends(require(permissions.CHILDREN_SPAWN))]
+Manager = Annotated[OperatorT, Depends(require(permissions.CHILDREN_MANAGE))]
+
+
+@router.post("/spawn", status_code=201, response_model=Envelope[SpawnResponse])
+async def spawn(request: SpawnRequest, session: SessionDep, runtime: RuntimeDep, operator: Spawner) -> dict:
+    """Spawn a child: peer `proposed`, a single-use token (shown once), the payload handed off."""
+    result = await spawn_service.spawn(session, runtime=runtime, request=request, actor=operator.actor)
+    child = await peers_service.detail(session, result.peer)
+    return envelope(
+        SpawnResponse(child=child, acceptance_token=result.token, spawn_payload=result.payload_view())
+    )
+
+
+@router.get("", response_model=PagedEnvelope[ChildList])
+async def list_children(
+    session: SessionDep,
+    operator: Reader,
+    spawn_mode: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=peers_service.MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    """List the children this hub spawned, newest first (keyset pagination)."""
+    peers, next_cursor = await peers_service.list_children(
+        session,
+        spawn_mode=spawn_mode,
+        statuses=peers_service.parse_statuses(status),
+        limit=limit,
+        cursor=cursor,
+    )
+    children = await peers_service.summaries(session, peers)
+    meta = {"count": len(children), "limit": limit, "next_cursor": next_cursor}
+    return envelope(ChildList(children=children, count=len(children)), meta=meta)
+
+
+@router.get("/{child_id}", response_model=Envelope[ChildEnvelope])
+async def show(child_id: str, session: SessionDep, operator: Reader) -> dict:
+    """One child: status, heartbeat, metadata.cluster_pg, grants, node instance, open findings."""
+    peer = await peers_service.get_child_or_raise(session, peer_id=child_id)
+    return envelope(ChildEnvelope(child=await peers_service.detail(session, peer)))
+
+
+@router.post("/{child_id}/revoke", response_model=Envelope[dict[str, ChildSummary]])
+async def revoke(
+    child_id: str,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    operator: Manager,
+    request: Annotated[RevokeRequest | None, Body()] = None,
+) -> dict:
+    """The hard break: token and certificate dead, grants revoked; 409 if already revoked."""
+    peer = await spawn_service.revoke(
+        session,
+        runtime=runtime,
+        peer_id=child_id,
+        reason=request.reason if request else None,
+        actor=operator.actor,
+    )
+    [summary] = await peers_service.summaries(session, [peer])
+    return envelope({"child": summary})
+
+
+@router.post("/{child_id}/rotate_token", response_model=Envelope[SpawnResponse])
+async def rotate_token(
+    child_id: str,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    operator: Manager,
+    request: Annotated[RotateTokenRequest | None, Body()] = None,
+) -> dict:
+    """A new acceptance token (old one dead at once), payload re-injected; only while proposed."""
+    result = await spawn_service.rotate_token(
+        session,
+        runtime=runtime,
+        peer_id=child_id,
+        request=request or RotateTokenRequest(),
+        actor=operator.actor,
+    )
+    child = await peers_service.detail(session, result.peer)
+    return envelope(
+        SpawnResponse(child=child, acceptance_token=result.token, spawn_payload=result.payload_view())
+    )

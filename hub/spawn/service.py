@@ -1,0 +1,249 @@
+"""Spawn orchestration: peer + token + node instance in one transaction, then the provisioner."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.audit import service as audit_service
+from hub.database import utcnow
+from hub.exceptions import Conflict
+from hub.federation.peers import service as peers_service
+from hub.federation.peers.models import AcceptanceToken, FederationPeer
+from hub.provisioning import service as provisioning_service
+from hub.provisioning import templates as templates_service
+from hub.provisioning.base import ProvisionError
+from hub.provisioning.models import NodeInstance
+from hub.runtime import HubRuntime
+from hub.secrets import tokens
+from hub.spawn.schemas import RotateTokenRequest, SpawnPayloadView, SpawnRequest
+from shared_contract.payload import SpawnPayload
+from shared_contract.version import CONTRACT_VERSION_LABEL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpawnResult:
+    peer: FederationPeer
+    token: str
+    payload: SpawnPayload
+
+    def __repr__(self) -> str:
+        return f"SpawnResult(peer={self.peer.id})"
+
+    def payload_view(self) -> SpawnPayloadView:
+        p = self.payload
+        return SpawnPayloadView(
+            parent_url=p.parent_url,
+            acceptance_token=p.acceptance_token,
+            spawn_mode=p.spawn_mode,
+            parent_peer_id=p.parent_peer_id,
+            child_template_id=p.child_template_id,
+            contract_version=p.contract_version,
+        )
+
+
+def build_payload(
+    *,
+    runtime: HubRuntime,
+    peer: FederationPeer,
+    node: NodeInstance | None,
+    token: str,
+    expires_at: datetime,
+) -> SpawnPayload:
+    spawn = peer.metadata_.get("spawn", {})
+    return SpawnPayload(
+        parent_url=spawn.get("parent_url", ""),
+        acceptance_token=token,
+        spawn_mode=peer.spawn_mode,
+        parent_peer_id=str(peer.id),
+        contract_version=CONTRACT_VERSION_LABEL,
+        instance_uuid=str(node.id) if node else "",
+        instance_name=node.name if node else peer.name,
+        ca_pem=runtime.ca.chain_pem,
+        platform_url="",
+        child_template_id=peer.template_id or "",
+        token_expires_at=expires_at.isoformat(),
+        provisioner=node.provider if node else "manual",
+        region=peer.region or "",
+    )
+
+
+async def _issue_token(session: AsyncSession, *, peer_id: uuid.UUID, ttl: int) -> tuple[str, datetime]:
+    issued = tokens.issue(tokens.ACCEPTANCE_TOKEN_PREFIX)
+    expires_at = utcnow() + timedelta(seconds=ttl)
+    session.add(
+        AcceptanceToken(
+            peer_id=peer_id,
+            public_id=issued.public_id,
+            secret_hash=issued.secret_hash,
+            expires_at=expires_at,
+        )
+    )
+    return issued.plaintext, expires_at
+
+
+async def spawn(
+    session: AsyncSession, *, runtime: HubRuntime, request: SpawnRequest, actor: str
+) -> SpawnResult:
+    settings = runtime.settings
+    target = request.spawn_target
+    template = await templates_service.get_or_raise(session, template_id=target.template_id)
+    templates_service.check_fits(template, spawn_mode=request.spawn_mode)
+    peer_id = uuid.uuid4()
+    short = peer_id.hex[:8]
+    node = None
+    if not target.manual_attach:
+        node = NodeInstance(
+            id=uuid.uuid4(),
+            name=request.name or f"{request.spawn_mode.replace('_', '-')}-{short}",
+            provider=template.provisioner or settings.provisioner,
+            template_id=template.id,
+            region=target.region,
+            state="pending",
+        )
+        session.add(node)
+        await session.flush()
+    peer = FederationPeer(
+        id=peer_id,
+        name=request.name or f"child-{short}",
+        spawn_role="parent",
+        spawn_mode=request.spawn_mode,
+        status="proposed",
+        template_id=template.id,
+        region=target.region,
+        node_instance_id=node.id if node else None,
+        metadata_={"spawn": {"parent_url": request.parent_url, "manual_attach": target.manual_attach}},
+    )
+    session.add(peer)
+    await session.flush()
+    ttl = request.token_ttl_seconds or settings.federation.default_token_ttl_seconds
+    token, expires_at = await _issue_token(session, peer_id=peer.id, ttl=ttl)
+    payload = build_payload(runtime=runtime, peer=peer, node=node, token=token, expires_at=expires_at)
+    if node is not None:
+        node.payload_digest = provisioning_service.payload_digest(payload)
+    await audit_service.record(
+        session,
+        actor=actor,
+        action="child.spawn",
+        target=str(peer.id),
+        details={"spawn_mode": peer.spawn_mode, "template_id": template.id, "manual": node is None},
+    )
+    await session.commit()
+    if node is not None:
+        await _provision(
+            session,
+            runtime=runtime,
+            node=node,
+            template_spec=templates_service.spec(template),
+            payload=payload,
+            peer=peer,
+        )
+    if peer.spawn_mode == "cluster_member":
+        await enqueue_replica_setup(runtime, peer_id=peer.id)
+    return SpawnResult(peer=peer, token=token, payload=payload)
+
+
+async def enqueue_replica_setup(runtime: HubRuntime, *, peer_id: uuid.UUID) -> None:
+    from hub.replication import jobs as replication_jobs
+
+    await replication_jobs.enqueue_setup(runtime.redis, peer_id=peer_id)
+
+
+async def _provision(
+    session: AsyncSession,
+    *,
+    runtime: HubRuntime,
+    node: NodeInstance,
+    template_spec: templates_service.TemplateSpec,
+    payload: SpawnPayload,
+    peer: FederationPeer,
+) -> None:
+    """Hand the payload to the provisioner; a failure is recorded on the node and reported."""
+    spec = provisioning_service.node_spec(runtime.settings, node)
+    try:
+        provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
+        result = await provisioner.provision(node=spec, template=template_spec, payload=payload)
+    except ProvisionError as e:
+        await _record_node(session, node.id, state="failed", error=e.message)
+        raise ProvisionError(
+            f"Provisioning failed: {e.message}",
+            details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
+        ) from e
+    await _record_node(
+        session, node.id, state=result.state, provider_ref=result.provider_ref, details=result.details
+    )
+
+
+async def _record_node(session: AsyncSession, node_id: uuid.UUID, **values: object) -> None:
+    await session.execute(
+        update(NodeInstance).where(NodeInstance.id == node_id).values(updated_at=utcnow(), **values)
+    )
+    await session.commit()
+
+
+async def rotate_token(
+    session: AsyncSession, *, runtime: HubRuntime, peer_id: str, request: RotateTokenRequest, actor: str
+) -> SpawnResult:
+    """A new token, the old one dead at once, the payload re-staged; only while `proposed`."""
+    peer = await peers_service.get_child_or_raise(session, peer_id=peer_id)
+    locked = await session.scalar(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer.id, FederationPeer.status == "proposed")
+        .values(updated_at=utcnow())
+        .returning(FederationPeer.id)
+    )
+    if locked is None:
+        raise Conflict(
+            f"Child {peer.id} is {peer.status}: tokens can only be rotated while proposed",
+            code="NOT_PROPOSED",
+        )
+    await session.execute(
+        update(AcceptanceToken)
+        .where(AcceptanceToken.peer_id == peer.id, AcceptanceToken.superseded_at.is_(None))
+        .values(superseded_at=utcnow())
+    )
+    ttl = request.token_ttl_seconds or runtime.settings.federation.default_token_ttl_seconds
+    token, expires_at = await _issue_token(session, peer_id=peer.id, ttl=ttl)
+    node = await session.get(NodeInstance, peer.node_instance_id) if peer.node_instance_id else None
+    payload = build_payload(runtime=runtime, peer=peer, node=node, token=token, expires_at=expires_at)
+    await audit_service.record(session, actor=actor, action="child.rotate_token", target=str(peer.id))
+    await session.commit()
+    if node is not None and node.state not in ("failed", "destroyed"):
+        spec = provisioning_service.node_spec(runtime.settings, node)
+        provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
+        result = await provisioner.reinject(node=spec, payload=payload)
+        await _record_node(
+            session,
+            node.id,
+            state=result.state,
+            provider_ref=result.provider_ref,
+            details=result.details,
+            payload_digest=provisioning_service.payload_digest(payload),
+        )
+    return SpawnResult(peer=peer, token=token, payload=payload)
+
+
+async def revoke(
+    session: AsyncSession, *, runtime: HubRuntime, peer_id: str, reason: str | None, actor: str
+) -> FederationPeer:
+    """`peer.revoke!`: credentials dead; for cluster_member the slot, role and secret go too."""
+    peer = await peers_service.revoke(
+        session,
+        peer_id=peer_id,
+        reason=reason,
+        actor=actor,
+        retention_days=runtime.settings.federation.grant_retention_days,
+    )
+    await session.commit()
+    if peer.spawn_mode == "cluster_member":
+        from hub.replication import jobs as replication_jobs
+
+        await replication_jobs.enqueue_teardown(runtime.redis, peer_id=peer.id)
+    return peer

@@ -1,0 +1,25 @@
+"""The success envelope every operator and federation response uses (wire-compat.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+T = TypeVar("T")
+
+
+class Envelope(BaseModel, Generic[T]):
+    success: bool = True
+    data: T
+
+
+class PagedEnvelope(Envelope[T], Generic[T]):
+    meta: dict[str, Any]
+
+
+def envelope(data: Any, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": True, "data": data}
+    if meta is not None:
+        body["meta"] = meta
+    return body
