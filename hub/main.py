@@ -16,15 +16,9 @@ from hub import api
 from hub.config import Settings, get_settings
 from hub.exceptions import HubError
 from hub.runtime import HubRuntime
+from hub.wire import error_body
 
 log = logging.getLogger(__name__)
-
-
-def error_body(message: str, code: str, details: dict | None = None) -> dict:
-    body: dict = {"success": False, "error": message, "code": code}
-    if details:
-        body["details"] = details
-    return body
 
 
 def _validation_details(exc: RequestValidationError) -> dict:
@@ -104,9 +98,7 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
             log.warning("readyz: redis unreachable: %s", type(e).__name__)
         if all(checks.values()):
             return JSONResponse({"success": True, "data": {"status": "ready", "checks": checks}})
-        return JSONResponse(
-            error_body("Not ready", "NOT_READY", {"checks": checks}), status_code=503
-        )
+        return JSONResponse(error_body("Not ready", "NOT_READY", {"checks": checks}), status_code=503)
 
     api.include_routers(app)
     return app

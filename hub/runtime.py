@@ -52,6 +52,9 @@ class HubRuntime:
         )
 
     async def close(self) -> None:
+        heartbeats = self.extras.pop("heartbeats", None)
+        if heartbeats is not None:
+            await heartbeats.close()
         await self.redis.aclose()
         await self.engine.dispose()
 

@@ -23,3 +23,10 @@ def envelope(data: Any, *, meta: dict[str, Any] | None = None) -> dict[str, Any]
     if meta is not None:
         body["meta"] = meta
     return body
+
+
+def error_body(message: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": False, "error": message, "code": code}
+    if details:
+        body["details"] = details
+    return body

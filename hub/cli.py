@@ -1,0 +1,126 @@
+"""`powernode-hub`: the hub's command line (DESIGN §11)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from hub import migrate
+from hub.config import Settings
+from hub.embedded.process import EmbeddedError
+from hub.embedded.serve import StartupError, run_worker, serve
+from hub.embedded.services import EmbeddedServices
+
+log = logging.getLogger("hub.cli")
+
+SERVE_HELP = """\
+With nothing configured this is the embedded default: PostgreSQL and Redis are started in the data
+dir, the schema is migrated, and on first start an operator token with every permission is written
+to DIR/operator-token (mode 0600). With DATABASE_URL (and REDIS_URL) set, the hub uses those and
+only checks that the schema is at head: run `powernode-hub migrate` first.
+Stops cleanly, with everything it started, on Ctrl-C or SIGTERM."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="powernode-hub", description="Powernode Spawn hub: spawns child platforms."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser(
+        "serve", help="run the API and the worker", description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_dir_option(serve_cmd)
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
+    serve_cmd.set_defaults(handler=_serve)
+
+    worker_cmd = commands.add_parser(
+        "worker", help="run only the job worker (needs DATABASE_URL and REDIS_URL)"
+    )
+    worker_cmd.set_defaults(handler=_worker)
+
+    migrate_cmd = commands.add_parser(
+        "migrate",
+        help="migrate the database schema",
+        description="Migrate DATABASE_URL, or with nothing configured the embedded PostgreSQL "
+        "of the data dir (which must not be in use by a running hub).",
+    )
+    _data_dir_option(migrate_cmd)
+    migrate_cmd.add_argument("--revision", default="head", help="target revision (%(default)s)")
+    migrate_cmd.set_defaults(handler=_migrate)
+    return parser
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the embedded default keeps its data (env POWERNODE_DATA_DIR, else ./.powernode)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace, Settings], None] = args.handler
+    try:
+        settings = _settings(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        handler(args, settings)
+    except (StartupError, EmbeddedError) as e:
+        return _fail(str(e))
+    except ValidationError as e:
+        first = e.errors()[0]
+        return _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line for people; the traceback at DEBUG for developers
+        log.debug("unexpected error", exc_info=True)
+        return _fail(f"{type(e).__name__}: {e}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"powernode-hub: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir.expanduser().absolute()})
+    return settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    serve(settings, host=args.host, port=args.port)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> None:
+    run_worker(settings)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> None:
+    if not settings.embedded:
+        asyncio.run(migrate.upgrade(settings.database_url(), args.revision))
+        print(f"Migrated DATABASE_URL to {args.revision}")
+        return
+    with EmbeddedServices(settings.data_dir, redis=False) as services:
+        asyncio.run(migrate.upgrade(services.database_url, args.revision))
+    print(f"Migrated the embedded database in {settings.data_dir} to {args.revision}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

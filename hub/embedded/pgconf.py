@@ -1,0 +1,72 @@
+"""What we remember about an embedded cluster, and the configuration files we write into it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from hub.embedded.process import EmbeddedError, read_json, write_private
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class ClusterState:
+    """Kept in a 0600 file beside the data dir, never inside it (pg_basebackup would copy it)."""
+
+    port: int
+    superuser: str
+    password: str = field(repr=False)
+    socket_dir: str
+    durable: bool = True
+    replication: bool = True
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState | None:
+        saved = read_json(path)
+        if saved is None:
+            return None
+        try:
+            return cls(**saved)
+        except TypeError as e:
+            raise EmbeddedError(f"{path} is not a cluster state file") from e
+
+    def save(self, path: Path) -> None:
+        write_private(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    def copy(self, *, port: int, socket_dir: Path) -> ClusterState:
+        return replace(self, port=port, socket_dir=str(socket_dir))
+
+
+def hba_text(replication: bool) -> str:
+    lines = [
+        "# Written by powernode-hub: password (SCRAM) logins over loopback only.",
+        "local all all scram-sha-256",
+        f"host all all {HOST}/32 scram-sha-256",
+    ]
+    if replication:
+        # `all`, so that replication roles created later (one per cluster_member) can stream.
+        lines.append(f"host replication all {HOST}/32 scram-sha-256")
+    return "\n".join(lines) + "\n"
+
+
+def conf_text(state: ClusterState) -> str:
+    settings = {
+        "listen_addresses": f"'{HOST}'",
+        "port": str(state.port),
+        "unix_socket_directories": f"'{state.socket_dir}'",
+    }
+    if state.replication:
+        settings |= {
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "max_replication_slots": "10",
+            "hot_standby": "on",
+            # An abandoned slot must not fill the disk; slot hygiene reports it long before this.
+            "max_slot_wal_keep_size": "'4GB'",
+        }
+    if not state.durable:
+        settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    body = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    return "# Written by powernode-hub on every start; put your settings in postgresql.conf.\n" + body

@@ -1,0 +1,164 @@
+"""Process plumbing shared by the embedded servers: ports, liveness by pid, stopping, private files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be set up, started or stopped; the message is one line for people."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True for a live process; a zombie counts as dead (PID 1 here does not always reap orphans)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def process_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def process_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Ask a process to stop with `sig`, and SIGKILL it if it has not gone within `timeout`."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    if wait_until(lambda: not pid_alive(pid), timeout):
+        return
+    log.warning("pid %d ignored signal %d for %.0fs; killing it", pid, sig, timeout)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    wait_until(lambda: not pid_alive(pid), 10.0)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    as_user: tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> str:
+    """Run a tool to completion; on failure raise EmbeddedError with the tool's last error line."""
+    user_args: dict[str, Any] = {}
+    if as_user is not None:
+        user_args = {"user": as_user[0], "group": as_user[1], "extra_groups": []}
+    name = Path(argv[0]).name
+    try:
+        done = subprocess.run(
+            [str(arg) for arg in argv],
+            # "/" because the server user cannot enter root's working directory.
+            cwd="/",
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            **user_args,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise EmbeddedError(f"{name} could not run: {e}") from e
+    if done.returncode != 0:
+        raise EmbeddedError(f"{name} failed: {last_line(done.stderr or done.stdout)}")
+    return done.stdout
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def log_tail(path: Path) -> str:
+    """The last meaningful line of a server log, for a one-line error."""
+    try:
+        return last_line(path.read_text(errors="replace")[-4000:])
+    except OSError:
+        return f"no log at {path}"
+
+
+def write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Write a 0600 file atomically: readers see the old content or the new, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise EmbeddedError(f"cannot read {path}: {e}") from e
+    return data if isinstance(data, dict) else None
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A file shipped inside an installed package, found without importing it (imports have effects)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError(f"the {package} package is not installed")
+    return Path(next(iter(spec.submodule_search_locations)), *parts)

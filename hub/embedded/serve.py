@@ -1,0 +1,246 @@
+"""`powernode-hub serve` and `worker`: the API and the arq worker in one asyncio loop.
+
+With nothing configured the hub is the embedded default: it starts PostgreSQL and Redis in the data
+dir, migrates, and on first start writes an operator token with every permission to
+`DIR/operator-token`. With `DATABASE_URL` set it only checks that the schema is at head;
+`powernode-hub migrate` moves it there. SIGINT and SIGTERM stop the API, the worker and then every
+process the hub started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import arq
+import uvicorn
+from pydantic import SecretStr
+
+from hub import migrate
+from hub.config import Settings
+from hub.database import session_scope
+from hub.embedded.process import write_private
+from hub.embedded.services import EmbeddedServices
+from hub.main import create_app
+from hub.operators import service as operators_service
+from hub.runtime import HubRuntime
+from hub.worker import worker_settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "operator-token"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartupError(RuntimeError):
+    """The hub cannot start; the message is one line for the operator."""
+
+
+class _ApiServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.ready.set()
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The hub owns SIGINT/SIGTERM: uvicorn would re-raise them after its own shutdown, and
+        # that would end the process before PostgreSQL and Redis are stopped.
+        yield
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM; raises StartupError or EmbeddedError when it cannot start."""
+    listener = bind_listener(host, port)
+    services: EmbeddedServices | None = None
+    # Until the loop takes over, SIGTERM interrupts like Ctrl-C so the finally below still runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        if settings.embedded:
+            services = EmbeddedServices(settings.data_dir, redis=settings.redis.url is None)
+            services.start()
+            settings = with_embedded_urls(settings, services)
+        asyncio.run(_serve(settings, listener, embedded=services is not None))
+    except KeyboardInterrupt:
+        log.info("interrupted; stopping")
+    finally:
+        with _signals_ignored():
+            if services is not None:
+                services.stop()
+            listener.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """`powernode-hub worker`: the arq worker alone, against the configured database and Redis."""
+    if settings.embedded or settings.redis.url is None:
+        raise StartupError(
+            "the worker needs DATABASE_URL and REDIS_URL (`serve` runs its own worker otherwise)"
+        )
+    asyncio.run(_worker(settings))
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a port in use fails fast and leaves nothing behind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock
+
+
+def with_embedded_urls(settings: Settings, services: EmbeddedServices) -> Settings:
+    database = settings.database.model_copy(update={"url": SecretStr(services.database_url)})
+    update: dict[str, Any] = {"database": database}
+    if services.redis is not None:
+        update["redis"] = settings.redis.model_copy(update={"url": SecretStr(services.redis_url)})
+    return settings.model_copy(update=update)
+
+
+async def _serve(settings: Settings, listener: socket.socket, *, embedded: bool) -> None:
+    stop = _stop_event()
+    await _prepare_schema(settings, embedded=embedded)
+    runtime = await HubRuntime.open(settings)
+    try:
+        token_file = await _first_start_token(settings, runtime) if embedded else None
+        config = uvicorn.Config(
+            create_app(settings, runtime),
+            log_level=settings.log_level.lower(),
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        api = _ApiServer(config)
+        tasks = {
+            "API": lambda: api.serve(sockets=[listener]),
+            "announcer": lambda: _announce(api, listener, token_file),
+        }
+        await _supervise(stop, _worker_for(settings), tasks, api)
+    finally:
+        await runtime.close()
+
+
+async def _worker(settings: Settings) -> None:
+    stop = _stop_event()
+    worker = _worker_for(settings)
+    if worker is None:
+        raise StartupError("no jobs are registered: there is nothing for a worker to do")
+    await _supervise(stop, worker, {})
+
+
+async def _prepare_schema(settings: Settings, *, embedded: bool) -> None:
+    url = settings.database_url()
+    if embedded:
+        await migrate.upgrade(url)
+        return
+    current, head = await migrate.current_revision(url), migrate.head_revision()
+    if current != head:
+        raise StartupError(
+            f"the database schema is at {current or 'nothing'}, not at {head}: "
+            "run `powernode-hub migrate` first"
+        )
+
+
+async def _first_start_token(settings: Settings, runtime: HubRuntime) -> Path:
+    """Mint the operator token once; its file (0600) is written before the row commits."""
+    path = settings.data_dir / TOKEN_FILE
+    if path.exists():
+        return path
+    try:
+        async with session_scope(runtime.sessionmaker) as session:
+            _, plaintext = await operators_service.create_operator_token(
+                session, name="embedded-default", permissions=operators_service.ALL_PERMISSIONS
+            )
+            write_private(path, plaintext + "\n")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+async def _announce(api: _ApiServer, listener: socket.socket, token_file: Path | None) -> None:
+    await api.ready.wait()
+    host, port = listener.getsockname()[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - display only
+    shown = f"[{shown}]" if ":" in shown else shown
+    print(f"Powernode hub: http://{shown}:{port}", flush=True)
+    if token_file is not None:
+        print(f"Operator token: {token_file}", flush=True)
+    await asyncio.Event().wait()  # stay pending: only the API and the worker end the supervision
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _supervise(
+    stop: asyncio.Event,
+    worker: arq.Worker | None,
+    tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]],
+    api: uvicorn.Server | None = None,
+) -> None:
+    """Run the worker and `tasks` until a signal arrives or one of them ends, then stop them all."""
+    if worker is not None:
+        tasks = {**tasks, "worker": worker.async_run}
+    running: dict[asyncio.Future[Any], str] = {
+        asyncio.ensure_future(start()): name for name, start in tasks.items()
+    }
+    signalled = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([*running, signalled], return_when=asyncio.FIRST_COMPLETED)
+    if api is not None:
+        api.should_exit = True
+    if worker is not None:
+        await _stop_worker(worker)
+    for task in [signalled, *running]:
+        if running.get(task) != "API":
+            task.cancel()
+    await asyncio.gather(signalled, *running, return_exceptions=True)
+    for task in done - {signalled}:
+        error = None if task.cancelled() else task.exception()
+        raise StartupError(f"the {running[task]} stopped: {error or 'no reason given'}")
+
+
+def _worker_for(settings: Settings) -> arq.Worker | None:
+    options = worker_settings(settings)
+    if not (options["functions"] or options["cron_jobs"]):
+        log.warning("no jobs are registered; the worker is not started")
+        return None
+    return arq.Worker(**options)
+
+
+async def _stop_worker(worker: arq.Worker) -> None:
+    # arq's close() re-raises the cancellation of jobs it interrupts and then skips on_shutdown
+    # (which closes the worker's runtime); wait for the interrupted jobs here first.
+    worker.handle_sig(signal.SIGTERM)
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While the hub stops its servers a second Ctrl-C must not leave them half-stopped."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.stdout.flush()

@@ -1,0 +1,95 @@
+"""Who is calling the federation API: a peer identified by its client certificate (DESIGN §5).
+
+Either the hub terminated TLS itself (the certificate is in the ASGI TLS extension and must be
+the one we signed for that peer), or a trusted proxy did and forwards the subject CN in a header,
+which is believed only from the configured proxy addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from hub.exceptions import Unauthorized
+from hub.secrets.ca import PEER_CN_PREFIX, cert_fingerprint
+
+CN_HEADERS = ("x-client-s-dn-cn", "x-forwarded-tls-client-cert-subject")
+TRAEFIK_INFO_HEADER = "x-forwarded-tls-client-cert-info"
+_CN_IN_SUBJECT = re.compile(r'(?:^|[,;/"\s])CN=([^,;/"]+)')
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    peer_id: uuid.UUID
+    cert_fingerprint: str | None  # None when a trusted proxy vouched for the CN
+
+    def __repr__(self) -> str:
+        return f"PeerIdentity({self.peer_id})"
+
+
+@lru_cache(maxsize=64)
+def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def is_trusted_proxy(client_host: str | None, proxies: Iterable[str]) -> bool:
+    if not client_host:
+        return False
+    try:
+        address = ipaddress.ip_address(client_host)
+    except ValueError:
+        return False
+    return any(address in net for net in _networks(tuple(proxies)))
+
+
+def _peer_id_from_cn(cn: str) -> uuid.UUID | None:
+    cn = cn.strip()
+    if not cn.startswith(PEER_CN_PREFIX):
+        match = _CN_IN_SUBJECT.search(cn)
+        if match is None:
+            return None
+        cn = match.group(1).strip()
+        if not cn.startswith(PEER_CN_PREFIX):
+            return None
+    try:
+        return uuid.UUID(cn[len(PEER_CN_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def from_certificate(pem: str) -> PeerIdentity | None:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    peer_id = _peer_id_from_cn(str(names[0].value)) if names else None
+    return PeerIdentity(peer_id, cert_fingerprint(cert)) if peer_id else None
+
+
+def identify(
+    *,
+    tls_chain: list[str] | None,
+    headers: dict[str, str],
+    client_host: str | None,
+    trusted_proxies: Iterable[str],
+) -> PeerIdentity:
+    """The calling peer, or 401: no certificate, a certificate not for a peer, an untrusted header."""
+    if tls_chain:
+        identity = from_certificate(tls_chain[0])
+        if identity is not None:
+            return identity
+    elif is_trusted_proxy(client_host, trusted_proxies):
+        for name in (*CN_HEADERS, TRAEFIK_INFO_HEADER):
+            value = headers.get(name)
+            peer_id = _peer_id_from_cn(value.replace("%3D", "=").replace("%2C", ",")) if value else None
+            if peer_id is not None:
+                return PeerIdentity(peer_id, None)
+    raise Unauthorized("A valid peer client certificate is required")

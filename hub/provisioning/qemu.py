@@ -1,0 +1,272 @@
+"""The qemu provisioner: a real guest that reads the spawn payload through QEMU fw_cfg.
+
+Each non-empty payload key becomes one ``-fw_cfg name=opt/com.powernode/<key>,file=<file>``
+(spec/wire-compat.md); the token travels in a 0600 file, never on the command line. Limits are
+checked before anything is staged or started (``fwcfg_limits``).
+
+fw_cfg is fixed when QEMU starts: a running guest never sees new entries. ``reinject`` (token
+rotation) therefore restages the files and restarts the guest with the command it was started with,
+its ``-fw_cfg`` arguments rebuilt for the new key set. The guest boots again.
+
+The guest runs detached with ``-daemonize``: QEMU forks, calls setsid, and its first process exits
+only once the machine is set up, so start-up errors surface here and the hub holds no child. The pid
+comes from ``-pidfile``; a pid counts only while /proc shows a live process whose command line names
+that pidfile, so a recycled pid is never signalled. Blocking work runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hub.provisioning.base import NodeSpec, ProvisionError, ProvisionResult, TemplateSpec
+from hub.provisioning.fwcfg_limits import check_fw_cfg_limits, remove_staged, stage_fw_cfg, staged_sizes
+from shared_contract.payload import SpawnPayload, qemu_fw_cfg_args
+
+logger = logging.getLogger(__name__)
+
+FW_CFG_DIR = "fw_cfg"
+SERIAL_LOG = "serial.log"
+QEMU_LOG = "qemu.log"
+PIDFILE = "qemu.pid"
+START_TIMEOUT_S = 30.0
+KILL_WAIT_S = 5.0
+POLL_INTERVAL_S = 0.05
+
+
+class VmSettings(BaseModel):
+    """A template's ``vm`` settings, checked; shared by the QEMU command line and libvirt XML."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    disk_image: Path | None = None
+    memory_mb: int = Field(default=512, ge=64, strict=True)
+    cpus: int = Field(default=1, ge=1, strict=True)
+    network: Literal["none", "user"] = "none"
+    qemu_binary: str = Field(default="qemu-system-x86_64", min_length=1)
+    accel: Literal["tcg", "kvm"] = "tcg"
+
+    @classmethod
+    def from_template(cls, template: TemplateSpec) -> VmSettings:
+        """Parse template.vm; ProvisionError naming the first bad or unknown setting."""
+        try:
+            return cls.model_validate(template.vm)
+        except ValidationError as e:
+            error = e.errors()[0]
+            where = ".".join(str(part) for part in ("vm", *error["loc"]))
+            raise ProvisionError(f"Template {template.id!r}: {where}: {error['msg']}") from e
+
+    @field_validator("kernel", "initrd", "disk_image")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return path.absolute() if path else None  # QEMU -daemonize changes to / once started
+
+    @model_validator(mode="after")
+    def _bootable(self) -> VmSettings:
+        if not (self.kernel or self.disk_image):
+            raise ValueError("needs a kernel or a disk_image to boot")
+        if (self.initrd or self.append) and not self.kernel:
+            raise ValueError("initrd and append need a kernel")
+        return self
+
+    @property
+    def disk_format(self) -> str:
+        """The disk image format, from its suffix; stated so QEMU never probes a raw image."""
+        return "qcow2" if self.disk_image and self.disk_image.suffix == ".qcow2" else "raw"
+
+    def files(self) -> dict[str, Path]:
+        """The host files the guest boots from, by setting name."""
+        paths = {"kernel": self.kernel, "initrd": self.initrd, "disk_image": self.disk_image}
+        return {name: path for name, path in paths.items() if path}
+
+
+def qemu_opt_value(value: str) -> str:
+    """Escape a value for QEMU's option parser, which reads ',,' as a literal comma."""
+    return value.replace(",", ",,")
+
+
+def qemu_command(settings: VmSettings, *, work_dir: Path, fw_cfg_files: Mapping[str, Path]) -> list[str]:
+    """Build the full QEMU command line for a guest whose payload is staged in fw_cfg_files."""
+    command = [
+        settings.qemu_binary,
+        *("-accel", settings.accel, "-m", str(settings.memory_mb), "-smp", str(settings.cpus)),
+        *("-display", "none", "-monitor", "none", "-serial", f"file:{work_dir / SERIAL_LOG}"),
+        *("-no-reboot", "-daemonize", "-pidfile", str(work_dir / PIDFILE)),
+        *_boot_args(settings),
+        *(["-nic", "user,model=virtio-net-pci"] if settings.network == "user" else ["-nic", "none"]),
+    ]
+    return with_fw_cfg(command, fw_cfg_files)
+
+
+def with_fw_cfg(command: Sequence[str], fw_cfg_files: Mapping[str, Path]) -> list[str]:
+    """Return command with its -fw_cfg arguments replaced by one per staged file (limits checked)."""
+    check_fw_cfg_limits(staged_sizes(fw_cfg_files))
+    kept: list[str] = []
+    args = iter(command)
+    for arg in args:
+        if arg == "-fw_cfg":
+            next(args, None)  # drop the option's value with it
+        else:
+            kept.append(arg)
+    return kept + qemu_fw_cfg_args(dict(fw_cfg_files))
+
+
+def _boot_args(settings: VmSettings) -> list[str]:
+    args: list[str] = []
+    if settings.kernel:
+        args += ["-kernel", str(settings.kernel)]
+    if settings.initrd:
+        args += ["-initrd", str(settings.initrd)]
+    if settings.append:
+        args += ["-append", settings.append]
+    if settings.disk_image:
+        drive = f"file={qemu_opt_value(str(settings.disk_image))},format={settings.disk_format},if=virtio"
+        args += ["-drive", drive]
+    return args
+
+
+def preflight(settings: VmSettings) -> None:
+    """Refuse to start when the QEMU binary or a kernel, initrd or disk image file is missing."""
+    if shutil.which(settings.qemu_binary) is None:
+        raise ProvisionError(f"QEMU binary {settings.qemu_binary!r} not found; install qemu-system-x86")
+    for label, path in settings.files().items():
+        if not path.is_file():
+            raise ProvisionError(f"vm.{label} {str(path)!r} is not a file")
+
+
+def guest_pid(pidfile: Path) -> int | None:
+    """Return the pid of the live QEMU process that wrote pidfile, or None."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        proc = Path("/proc", str(pid))
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    # QEMU exits as a zombie when its reaper (here PID 1) does not collect it.
+    if state in ("Z", "X") or os.fsencode(pidfile) not in argv:
+        return None
+    return pid
+
+
+def start_guest(command: Sequence[str], work_dir: Path) -> int:
+    """Run QEMU (which daemonizes) and return the guest's pid; ProvisionError if it did not start."""
+    with (work_dir / QEMU_LOG).open("wb") as log:
+        try:
+            done = subprocess.run(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                timeout=START_TIMEOUT_S, start_new_session=True, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as e:
+            raise ProvisionError(f"QEMU did not finish starting within {START_TIMEOUT_S:.0f} s") from e
+    if done.returncode != 0:
+        raise ProvisionError(f"QEMU failed to start (exit {done.returncode}): {_last_line(work_dir)}")
+    pid = guest_pid(work_dir / PIDFILE)
+    if pid is None:
+        raise ProvisionError(f"QEMU exited right after starting: {_last_line(work_dir)}")
+    return pid
+
+
+def stop_guest(pidfile: Path, *, timeout_s: float) -> None:
+    """Stop the guest: SIGTERM, then SIGKILL when it is still there after timeout_s."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, KILL_WAIT_S)):
+        pid = guest_pid(pidfile)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if _wait_stopped(pidfile, wait_s):
+            return
+    raise ProvisionError(f"QEMU guest {pidfile} did not stop after SIGKILL")
+
+
+def _wait_stopped(pidfile: Path, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while guest_pid(pidfile) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S)
+    return True
+
+
+def _last_line(work_dir: Path) -> str:
+    """The last line QEMU wrote to its log: paths and QEMU's own words, never payload values."""
+    lines = (work_dir / QEMU_LOG).read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+class QemuProvisioner:
+    """Start, rotate, inspect and stop one QEMU guest per node, in node.work_dir."""
+
+    name = "qemu"
+
+    def __init__(self, *, stop_timeout_s: float = 10.0) -> None:
+        self.stop_timeout_s = stop_timeout_s
+
+    def __repr__(self) -> str:
+        return f"QemuProvisioner(stop_timeout_s={self.stop_timeout_s})"
+
+    async def provision(
+        self, *, node: NodeSpec, template: TemplateSpec, payload: SpawnPayload
+    ) -> ProvisionResult:
+        settings = VmSettings.from_template(template)
+        return await asyncio.to_thread(self._provision, node, settings, payload)
+
+    async def reinject(self, *, node: NodeSpec, payload: SpawnPayload) -> ProvisionResult:
+        return await asyncio.to_thread(self._reinject, node, payload)
+
+    async def status(self, *, node: NodeSpec) -> str:
+        return "running" if guest_pid(node.work_dir.absolute() / PIDFILE) else "stopped"
+
+    async def destroy(self, *, node: NodeSpec) -> None:
+        await asyncio.to_thread(self._destroy, node.work_dir.absolute())
+
+    def _provision(self, node: NodeSpec, settings: VmSettings, payload: SpawnPayload) -> ProvisionResult:
+        preflight(settings)
+        work_dir = node.work_dir.absolute()
+        files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)
+        return self._start(work_dir, qemu_command(settings, work_dir=work_dir, fw_cfg_files=files))
+
+    def _reinject(self, node: NodeSpec, payload: SpawnPayload) -> ProvisionResult:
+        command = node.details.get("command")
+        if not isinstance(command, list) or not command:
+            raise ProvisionError(f"Node {node.id} has no recorded QEMU command; provision it first")
+        work_dir = node.work_dir.absolute()
+        files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)  # refuses before the old guest is stopped
+        stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)
+        return self._start(work_dir, with_fw_cfg(command, files))
+
+    def _start(self, work_dir: Path, command: list[str]) -> ProvisionResult:
+        try:
+            pid = start_guest(command, work_dir)
+        except ProvisionError:
+            remove_staged(work_dir / FW_CFG_DIR)
+            raise
+        logger.info("Started QEMU guest in %s (pid %d)", work_dir, pid)
+        details = {
+            "pid": pid,
+            "serial_log": str(work_dir / SERIAL_LOG),
+            "command": command,
+            "fw_cfg_dir": str(work_dir / FW_CFG_DIR),
+        }
+        return ProvisionResult(state="running", provider_ref=str(pid), details=details)
+
+    def _destroy(self, work_dir: Path) -> None:
+        stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)
+        remove_staged(work_dir / FW_CFG_DIR)
+        (work_dir / PIDFILE).unlink(missing_ok=True)
+        logger.info("Stopped QEMU guest in %s", work_dir)
