@@ -157,7 +157,7 @@ def guest_pid(pidfile: Path) -> int | None:
         argv = (proc / "cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return None
-    # QEMU exits as a zombie when its reaper (here PID 1) does not collect it.
+    # A daemonized QEMU's parent is PID 1 (or a subreaper), which may never reap it: a zombie is stopped.
     if state in ("Z", "X") or os.fsencode(pidfile) not in argv:
         return None
     return pid
@@ -238,6 +238,8 @@ class QemuProvisioner:
     def _provision(self, node: NodeSpec, settings: VmSettings, payload: SpawnPayload) -> ProvisionResult:
         preflight(settings)
         work_dir = node.work_dir.absolute()
+        if guest_pid(work_dir / PIDFILE) is not None:
+            raise ProvisionError(f"Node {node.id} already has a running QEMU guest; reinject or destroy it")
         files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)
         return self._start(work_dir, qemu_command(settings, work_dir=work_dir, fw_cfg_files=files))
 
@@ -254,6 +256,7 @@ class QemuProvisioner:
         try:
             pid = start_guest(command, work_dir)
         except ProvisionError:
+            stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)  # a start that timed out
             remove_staged(work_dir / FW_CFG_DIR)
             raise
         logger.info("Started QEMU guest in %s (pid %d)", work_dir, pid)
