@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     secret_key: SecretStr | None = None
+    platform_name: str = "powernode"
+    first_run_result: Path | None = None
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

@@ -1,0 +1,177 @@
+"""The child side: ingest the agent's first-run result once, then enroll and heartbeat the parent."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from hub.audit import service as audit_service
+from hub.database import utcnow
+from hub.federation.grants.models import FederationGrant
+from hub.federation.peering.client import PeerCallFailed, PeerClient, PeerCredentials
+from hub.federation.peers.models import FederationPeer
+from hub.runtime import HubRuntime
+from hub.secrets import tokens
+from shared_contract.enroll import EnrollRequest
+from shared_contract.first_run import FirstRunResult
+from shared_contract.heartbeat import HeartbeatRequest
+
+log = logging.getLogger(__name__)
+_NAMESPACE = uuid.UUID("6f1d7c1e-6a49-4c55-9a55-2f0f0b5d1e11")
+
+
+def first_run_result_path(runtime: HubRuntime) -> Path:
+    return runtime.settings.first_run_result or runtime.settings.data_dir / "agent" / "first-run-result.json"
+
+
+def parent_row_id(result: FirstRunResult) -> uuid.UUID:
+    """Deterministic, so a second ingest finds the first one's row; never the parent's own id."""
+    return uuid.uuid5(_NAMESPACE, f"parent-of:{result.peer_id}")
+
+
+async def ingest_first_run(runtime: HubRuntime) -> uuid.UUID | None:
+    """Reciprocal peer row and (managed_child) the granted grant, in one transaction, once."""
+    path = first_run_result_path(runtime)
+    if not path.exists():
+        return None
+    result = FirstRunResult.read(path)
+    row_id = parent_row_id(result)
+    async with runtime.sessionmaker() as session, session.begin():
+        inserted = await session.scalar(
+            insert(FederationPeer)
+            .values(
+                id=row_id,
+                name=f"parent {result.parent_url}",
+                spawn_role="child",
+                spawn_mode=result.spawn_mode,
+                status="accepted",
+                remote_url=result.parent_url,
+                remote_platform_id=result.parent_peer_id,
+                contract_version=result.contract_version_agreed,
+                client_cert_fingerprint=result.client_cert_fingerprint,
+                accepted_at=datetime.fromisoformat(result.accepted_at),
+                metadata=_row_metadata(result),
+            )
+            .on_conflict_do_nothing()
+            .returning(FederationPeer.id)
+        )
+        if inserted is not None and result.grant is not None and result.grant.bearer_token:
+            await _granted_grant(session, row_id=row_id, result=result)
+        if inserted is not None:
+            await audit_service.record(
+                session,
+                actor="first-run",
+                action="peer.bootstrap",
+                target=str(row_id),
+                details={"spawn_mode": result.spawn_mode},
+            )
+    if result.grant is not None and result.grant.bearer_token:
+        scrubbed = result.model_copy(update={"grant": result.grant.model_copy(update={"bearer_token": None})})
+        scrubbed.write(path)
+    return row_id
+
+
+def _row_metadata(result: FirstRunResult) -> dict[str, Any]:
+    identity = {
+        "client_cert_path": result.client_cert_path,
+        "client_key_path": result.client_key_path,
+        "ca_chain_path": result.ca_chain_path,
+        "parent_peer_id": result.peer_id,
+    }
+    metadata: dict[str, Any] = {"identity": identity, "instance_uuid": result.instance_uuid}
+    if result.cluster_pg is not None:
+        metadata["cluster_pg"] = result.cluster_pg.model_dump(mode="json", exclude_none=True)
+    return metadata
+
+
+async def _granted_grant(session: Any, *, row_id: uuid.UUID, result: FirstRunResult) -> None:
+    """The symmetric child-side grant: what the parent may do here; only the bearer's hash is kept."""
+    grant = result.grant
+    assert grant is not None and grant.bearer_token is not None
+    await session.execute(
+        insert(FederationGrant)
+        .values(
+            id=uuid.UUID(grant.id) if _is_uuid(grant.id) else uuid.uuid4(),
+            peer_id=row_id,
+            direction="granted",
+            resource_kind=grant.resource_kind,
+            remote_subject=grant.remote_subject,
+            permission_scopes=grant.permission_scopes,
+            allowlists={},
+            bearer_hash=tokens.hash_secret(grant.bearer_token),
+            expires_at=datetime.fromisoformat(grant.expires_at)
+            if grant.expires_at
+            else utcnow() + timedelta(days=365),
+            metadata={"mirrors_parent_grant": grant.id, "auto_issued_by": "first_run_bootstrap"},
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _credentials(peer: FederationPeer) -> PeerCredentials | None:
+    identity = (peer.metadata_ or {}).get("identity") or {}
+    paths = [identity.get(k) for k in ("client_cert_path", "client_key_path", "ca_chain_path")]
+    if not peer.remote_url or not all(paths):
+        return None
+    cert, key, ca = (Path(str(p)) for p in paths)
+    return PeerCredentials(peer.remote_url, cert, key, ca)
+
+
+async def sync_with_parent(runtime: HubRuntime) -> str | None:
+    """One tick of the child's duty: enroll if not yet, then heartbeat; returns the parent's answer."""
+    async with runtime.sessionmaker() as session:
+        parent = await session.scalar(
+            select(FederationPeer).where(
+                FederationPeer.spawn_role == "child",
+                FederationPeer.status.in_(("accepted", "enrolled", "active", "degraded")),
+            )
+        )
+    if parent is None:
+        return None
+    credentials = _credentials(parent)
+    if credentials is None:
+        return None
+    try:
+        async with PeerClient(credentials) as client:
+            if parent.status == "accepted":
+                await client.call("POST", "/enroll", _enroll_request(runtime, parent))
+                await _set_status(runtime, parent.id, "enrolled", enrolled_at=utcnow())
+            data = await client.call("POST", "/heartbeat", HeartbeatRequest(platform_version="0.1.0"))
+    except PeerCallFailed as e:
+        log.warning("parent %s did not take our call: %s %s", parent.remote_url, e.status or "", e.message)
+        return None
+    if parent.status != "active":
+        await _set_status(runtime, parent.id, "active", activated_at=utcnow())
+    await _set_status(runtime, parent.id, None, last_heartbeat_at=utcnow())
+    return str(data.get("status"))
+
+
+def _enroll_request(runtime: HubRuntime, parent: FederationPeer) -> EnrollRequest:
+    return EnrollRequest(
+        platform_id=str((parent.metadata_ or {}).get("instance_uuid") or parent.id),
+        platform_url=runtime.settings.public_url or "",
+        name=runtime.settings.platform_name,
+    )
+
+
+async def _set_status(runtime: HubRuntime, peer_id: uuid.UUID, status: str | None, **values: Any) -> None:
+    if status is not None:
+        values["status"] = status
+    async with runtime.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(FederationPeer).where(FederationPeer.id == peer_id).values(updated_at=utcnow(), **values)
+        )

@@ -1,0 +1,22 @@
+"""The findings cron: heartbeat lapses and stuck handshakes, once per period across all workers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hub.federation.findings import service as findings_service
+from hub.runtime import HubRuntime
+
+log = logging.getLogger(__name__)
+
+
+async def federation_findings_sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    runtime: HubRuntime = ctx["runtime"]
+    async with runtime.sessionmaker() as session, session.begin():
+        heartbeats = await findings_service.sweep_heartbeats(session, settings=runtime.settings)
+        handshakes = await findings_service.sweep_handshakes(session, settings=runtime.settings)
+    result = {**heartbeats, **handshakes}
+    if any(result.values()):
+        log.info("findings sweep: %s", result)
+    return result
