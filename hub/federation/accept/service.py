@@ -181,10 +181,10 @@ def _iso(value: datetime | None) -> str:
 async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> AcceptResponseData:
     request, agreed = parse_request(body)
     plaintext = request.acceptance_token.strip()
+    csr = ca_service.parse_csr(request.csr_pem) if request.csr_pem else None
     public_id = tokens.public_id_of(tokens.ACCEPTANCE_TOKEN_PREFIX, plaintext)
     if public_id is None:
         raise Unauthorized(NOT_RECOGNIZED)
-    csr = ca_service.parse_csr(request.csr_pem) if request.csr_pem else None
     key_fp = ca_service.key_fingerprint(csr.public_key()) if csr is not None else None
     secret_hash = tokens.hash_secret(plaintext)
     peer_id = await _consume(session, public_id=public_id, secret_hash=secret_hash, key_fp=key_fp)

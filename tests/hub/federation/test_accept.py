@@ -1,0 +1,234 @@
+"""Accept, as the original agent and our agent call it: single use, no oracle, key-bound retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from sqlalchemy import func, select, update
+
+from hub.audit.models import AuditEvent
+from hub.database import utcnow
+from hub.federation.grants.models import FederationGrant
+from hub.federation.peers.models import AcceptanceToken, FederationPeer
+from tests.hub.helpers import ACCEPT, CHILDREN, make_csr, operator_headers, spawn
+
+NOT_RECOGNIZED = {
+    "success": False,
+    "error": "acceptance_token not recognized or expired",
+    "code": "UNAUTHORIZED",
+}
+
+
+async def test_the_original_go_agent_request_gets_the_original_response(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "autonomous_peer")
+
+    response = await client.post(
+        ACCEPT,
+        json={"acceptance_token": data["acceptance_token"], "contract_version": 1},
+        headers={"User-Agent": "powernode-agent/federation"},
+    )
+
+    assert response.status_code == 200
+    body = response.json()["data"]
+    for key in ("peer_id", "status", "accepted_at", "handshake_at"):
+        assert isinstance(body[key], str)
+    assert isinstance(body["contract_version_agreed"], int) and body["contract_version_agreed"] == 1
+    assert body["peer_id"] == data["child"]["id"] and body["status"] == "accepted"
+    assert body["peer_kind"] == "platform"
+
+
+async def test_token_is_single_use_under_50_concurrent_accepts(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "managed_child")
+    body = {"acceptance_token": data["acceptance_token"], "contract_version": 1}
+
+    responses = await asyncio.gather(*(client.post(ACCEPT, json=body) for _ in range(50)))
+
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) == 1 and codes.count(401) == 49
+    async with runtime.sessionmaker() as session:
+        grants = await session.scalar(select(func.count()).select_from(FederationGrant))
+    assert grants == 1
+
+
+async def test_managed_child_grant_has_the_wire_compat_fields(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "managed_child")
+    peer_id = data["child"]["id"]
+
+    response = await client.post(
+        ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    )
+
+    assert response.status_code == 200
+    async with runtime.sessionmaker() as session:
+        [grant] = (await session.scalars(select(FederationGrant))).all()
+    assert grant.direction == "held"
+    assert grant.resource_kind == "managed_child_operator"
+    assert grant.permission_scopes == ["read", "write", "admin"]
+    assert grant.remote_subject == f"parent-operator@{peer_id}"
+    assert grant.allowlists == {}
+    assert grant.metadata_ == {
+        "auto_issued_by": "managed_child_accept_cascade",
+        "spawn_mode": "managed_child",
+        "spawn_role": "parent",
+    }
+    ttl = grant.expires_at - grant.created_at
+    assert timedelta(days=364, hours=23) < ttl <= timedelta(days=365, minutes=1)
+    assert grant.state() == "active" and grant.bearer_hash is None and grant.bearer_secret_ref
+    bearer = response.json()["data"]["grant"]["bearer_token"]
+    assert bearer and bearer not in str(grant.bearer_secret_ref)
+    detail = (await client.get(f"{CHILDREN}/{peer_id}", headers=headers)).json()["data"]["child"]
+    assert [g["resource_kind"] for g in detail["grants"]] == ["managed_child_operator"]
+
+
+@pytest.mark.parametrize("mode", ["autonomous_peer", "cluster_member"])
+async def test_no_grant_for_the_other_modes(client, runtime, mode):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, mode)
+    response = await client.post(
+        ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    )
+    assert response.status_code == 200 and "grant" not in response.json()["data"]
+    async with runtime.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(FederationGrant)) == 0
+
+
+async def test_unknown_wrong_expired_rotated_and_reused_tokens_share_one_401(client, runtime):
+    headers = await operator_headers(runtime)
+    used = await spawn(client, headers)
+    assert (await client.post(ACCEPT, json={"acceptance_token": used["acceptance_token"],
+                                             "contract_version": 1})).status_code == 200
+    expired = await spawn(client, headers)
+    async with runtime.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(AcceptanceToken)
+            .where(AcceptanceToken.peer_id == expired["child"]["id"])
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    rotated = await spawn(client, headers)
+    rotate = await client.post(f"{CHILDREN}/{rotated['child']['id']}/rotate_token", headers=headers)
+    assert rotate.status_code == 200 and rotate.json()["data"]["acceptance_token"] != rotated["acceptance_token"]
+    wrong = used["acceptance_token"][:-6] + "AAAAAA"
+
+    candidates = [
+        "pnat_unknown_" + "x" * 43,
+        "not-even-a-token",
+        wrong,
+        expired["acceptance_token"],
+        rotated["acceptance_token"],
+        used["acceptance_token"],
+    ]
+    for token in candidates:
+        response = await client.post(ACCEPT, json={"acceptance_token": token, "contract_version": 1})
+        assert (response.status_code, response.json()) == (401, NOT_RECOGNIZED), token[:8]
+
+    fresh = rotate.json()["data"]["acceptance_token"]
+    ok = await client.post(ACCEPT, json={"acceptance_token": fresh, "contract_version": 1})
+    assert ok.status_code == 200
+
+
+async def test_same_key_retry_is_answered_again_another_key_gets_409(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers)
+    _, csr = make_csr()
+    _, other_csr = make_csr()
+    body = {"acceptance_token": data["acceptance_token"], "contract_version": 1, "csr_pem": csr}
+
+    first = await client.post(ACCEPT, json=body)
+    retry = await client.post(ACCEPT, json=body)
+    other = await client.post(ACCEPT, json=body | {"csr_pem": other_csr})
+    keyless = await client.post(ACCEPT, json={"acceptance_token": data["acceptance_token"],
+                                               "contract_version": 1})
+
+    assert first.status_code == 200 and retry.status_code == 200
+    a, b = first.json()["data"], retry.json()["data"]
+    assert (a["peer_id"], a["status"], a["accepted_at"]) == (b["peer_id"], b["status"], b["accepted_at"])
+    assert a["grant"]["id"] == b["grant"]["id"] and a["grant"]["bearer_token"] == b["grant"]["bearer_token"]
+    cert = x509.load_pem_x509_certificate(b["client_cert_pem"].encode())
+    assert cert.subject.rfc4514_string() == f"CN=fed:{a['peer_id']}"
+    assert b["ca_chain_pem"] == runtime.ca.chain_pem
+    assert other.status_code == 409 and other.json()["code"] == "TOKEN_KEY_MISMATCH"
+    assert keyless.status_code == 401
+    async with runtime.sessionmaker() as session:
+        peer = await session.get(FederationPeer, a["peer_id"])
+        grants = await session.scalar(select(func.count()).select_from(FederationGrant))
+    assert peer.client_cert_fingerprint == b["client_cert_fingerprint"] and grants == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"acceptance_token": "", "contract_version": 1}, "acceptance_token is required"),
+        ({"acceptance_token": "   ", "contract_version": 1}, "acceptance_token is required"),
+        ({"acceptance_token": "pnat_x_y", "contract_version": 99},
+         "Unsupported contract_version 99; supported: [1]"),
+        ({"contract_version": 1}, "invalid accept request"),
+        ({"acceptance_token": "pnat_x_y", "contract_version": 1, "csr_pem": "not a csr"},
+         "csr_pem is not a PEM certificate signing request"),
+    ],
+)
+async def test_bad_requests_are_422(client, body, message):
+    response = await client.post(ACCEPT, json=body)
+    assert response.status_code == 422
+    assert response.json()["success"] is False and message in response.json()["error"]
+
+
+async def test_non_json_body_is_422(client):
+    response = await client.post(ACCEPT, content=b"{nope", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["success"] is False
+
+
+async def test_revoked_child_cannot_accept(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers)
+    revoke = await client.post(f"{CHILDREN}/{data['child']['id']}/revoke", headers=headers,
+                               json={"reason": "changed my mind"})
+    assert revoke.status_code == 200 and revoke.json()["data"]["child"]["status"] == "revoked"
+
+    response = await client.post(ACCEPT, json={"acceptance_token": data["acceptance_token"],
+                                                "contract_version": 1})
+
+    assert response.status_code == 401 and response.json() == NOT_RECOGNIZED
+    again = await client.post(f"{CHILDREN}/{data['child']['id']}/revoke", headers=headers)
+    assert again.status_code == 409
+
+
+async def test_accept_is_audited_with_the_public_id_only(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers)
+    token = data["acceptance_token"]
+    await client.post(ACCEPT, json={"acceptance_token": token, "contract_version": 1})
+    async with runtime.sessionmaker() as session:
+        [event] = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "child.accept"))).all()
+    assert event.details["token_public_id"] == token.split("_")[1]
+    assert token not in str(event.details)
+
+
+async def test_no_secret_in_logs_or_error_bodies(client, runtime, caplog):
+    caplog.set_level(logging.DEBUG)
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "managed_child")
+    token = data["acceptance_token"]
+    _, csr = make_csr()
+    bodies = []
+    for body in (
+        {"acceptance_token": token, "contract_version": 99},
+        {"acceptance_token": token, "contract_version": 1, "csr_pem": csr},
+        {"acceptance_token": token, "contract_version": 1, "csr_pem": make_csr()[1]},
+        {"acceptance_token": token + "x", "contract_version": 1},
+    ):
+        response = await client.post(ACCEPT, json=body)
+        if response.status_code != 200:
+            bodies.append(response.text)
+    operator_token = headers["Authorization"].split()[1]
+    secrets = [token, operator_token, csr.splitlines()[1]]
+    everything = caplog.text + "".join(bodies)
+    assert len(bodies) == 3
+    for secret in secrets:
+        assert secret not in everything
