@@ -24,6 +24,7 @@ With nothing configured this is the embedded default: PostgreSQL and Redis are s
 dir, the schema is migrated, and on first start an operator token with every permission is written
 to DIR/operator-token (mode 0600). With DATABASE_URL (and REDIS_URL) set, the hub uses those and
 only checks that the schema is at head: run `powernode-hub migrate` first.
+Delete DIR/operator-token to have the next start mint a new token.
 Stops cleanly, with everything it started, on Ctrl-C or SIGTERM."""
 
 
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_cmd = commands.add_parser(
-        "serve", help="run the API and the worker", description=SERVE_HELP,
+        "serve",
+        help="run the API and the worker",
+        description=SERVE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_dir_option(serve_cmd)
@@ -92,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"powernode-hub: error: {message}", file=sys.stderr)
+    first_line = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    print(f"powernode-hub: error: {first_line}", file=sys.stderr)
     return 1
 
 

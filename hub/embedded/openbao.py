@@ -7,17 +7,13 @@ import secrets
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from hub.embedded.process import (
-    EmbeddedError,
-    free_port,
-    log_tail,
-    package_file,
-    wait_until,
-)
+from hub.embedded.process import LOOPBACK, EmbeddedError, free_port, log_tail, package_file, wait_until
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 
 
 class OpenBaoDevServer:
@@ -79,6 +75,15 @@ class OpenBaoDevServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout)
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Down for the block, back afterwards (empty: dev mode) even if the block fails."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

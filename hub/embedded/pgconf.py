@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from hub.embedded.process import EmbeddedError, read_json, write_private
+from hub.embedded.process import LOOPBACK, EmbeddedError, read_json, write_private
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
+SHARED_TMP = Path("/tmp")  # noqa: S108 - socket dirs there are 0700 and owned by the server user
+# sun_path holds 107 bytes; the socket name adds "/.s.PGSQL.65535.lock".
+_MAX_SOCKET_DIR = 80
 
 
 @dataclass
@@ -37,6 +41,14 @@ class ClusterState:
 
     def copy(self, *, port: int, socket_dir: Path) -> ClusterState:
         return replace(self, port=port, socket_dir=str(socket_dir))
+
+
+def socket_dir_for(data_dir: Path) -> Path:
+    """`D.run` beside the data dir, or a private dir in /tmp when that path is too long."""
+    beside = data_dir.with_name(data_dir.name + ".run")
+    if len(str(beside)) <= _MAX_SOCKET_DIR:
+        return beside
+    return SHARED_TMP / f"pn-pg-{hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]}"
 
 
 def hba_text(replication: bool) -> str:

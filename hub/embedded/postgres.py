@@ -9,21 +9,16 @@ other live hub owns it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 from pathlib import Path
 from urllib.parse import quote
 
-from hub.embedded.pgconf import HOST, ClusterState, conf_text, hba_text
-from hub.embedded.privileges import (
-    ensure_traversable,
-    owned_file,
-    private_dir,
-    server_user,
-)
+from hub.embedded.pgconf import HOST, SHARED_TMP, ClusterState, conf_text, hba_text, socket_dir_for
+from hub.embedded.privileges import ensure_traversable, owned_file, private_dir, server_user
 from hub.embedded.process import (
     EmbeddedError,
     free_port,
@@ -43,8 +38,17 @@ __all__ = ["PostgresServer", "ensure_traversable", "make_standby", "pg_bin_dir",
 log = logging.getLogger(__name__)
 
 _STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
-# sun_path holds 107 bytes; the socket name adds "/.s.PGSQL.65535.lock".
-_MAX_SOCKET_DIR = 80
+_INITDB_FLAGS = ("--no-sync", "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions")
+_PSQL_FLAGS = (
+    "--no-psqlrc",
+    "--quiet",
+    "--no-align",
+    "--tuples-only",
+    "--set=ON_ERROR_STOP=1",
+    f"--host={HOST}",
+)
+# -R writes primary_conninfo and standby.signal; -c fast checkpoints at once instead of spreading it.
+_BASEBACKUP_FLAGS = ("--no-password", "--write-recovery-conf", "--wal-method=stream", "--checkpoint=fast")
 
 
 def pg_bin_dir() -> Path:
@@ -103,25 +107,34 @@ class PostgresServer:
         durable: bool = True,
     ) -> PostgresServer:
         """initdb a new cluster; `durable=False` (tests only) turns fsync off."""
-        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+        # The marker lives from before initdb until the state is saved: a data dir that has it
+        # holds an interrupted init, safe to wipe; any other non-empty one is not ours to touch.
+        marker = self.data_dir.with_name(self.data_dir.name + ".initializing")
+        if marker.exists():
+            log.info("removing the interrupted initialisation in %s", self.data_dir)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        elif self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise EmbeddedError(f"{self.data_dir} is not empty; use a new data dir")
         state = ClusterState(
             port=free_port(),
             superuser=superuser,
             password=password or secrets.token_urlsafe(24),
-            socket_dir=str(self._default_socket_dir()),
+            socket_dir=str(socket_dir_for(self.data_dir)),
             durable=durable,
             replication=replication,
         )
         self._prepare_data_dir()
+        marker.touch(mode=0o600)
         self._initdb(state)
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("include_if_exists = 'powernode.conf'\n")
         write_private(self.data_dir / "pg_hba.conf", hba_text(replication), self.owner)
         self._save_state(state)
+        marker.unlink()
         return self
 
     def _prepare_data_dir(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         ensure_traversable(self.data_dir)
         private_dir(self.data_dir, self.owner)
 
@@ -130,23 +143,12 @@ class PostgresServer:
         pwfile = self.data_dir.with_name(f".{self.data_dir.name}.pwfile")
         write_private(pwfile, state.password + "\n", self.owner)
         try:
-            run(
-                [
-                    pg_bin_dir() / "initdb",
-                    "-D",
-                    self.data_dir,
-                    "-N",
-                    "-A",
-                    "scram-sha-256",
-                    "-U",
-                    state.superuser,
-                    f"--pwfile={pwfile}",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-instructions",
-                ],
-                as_user=self.owner,
+            self._tool(
+                "initdb",
+                f"--pgdata={self.data_dir}",
+                f"--username={state.superuser}",
+                f"--pwfile={pwfile}",
+                *_INITDB_FLAGS,
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -166,21 +168,14 @@ class PostgresServer:
         write_private(self.data_dir / "powernode.conf", conf_text(state), self.owner)
         logfile = owned_file(self.log_file, self.owner)
         try:
-            run(
-                [
-                    pg_bin_dir() / "pg_ctl",
-                    "start",
-                    "-D",
-                    self.data_dir,
-                    "-l",
-                    logfile,
-                    "-w",
-                    "-t",
-                    str(int(timeout)),
-                    "-o",
-                    f"-p {state.port}",
-                ],
-                as_user=self.owner,
+            self._tool(
+                "pg_ctl",
+                "start",
+                f"--pgdata={self.data_dir}",
+                f"--log={logfile}",
+                "--wait",
+                f"--timeout={int(timeout)}",
+                f"--options=-p {state.port}",
                 timeout=timeout + 10,
             )
         except EmbeddedError as e:
@@ -193,6 +188,8 @@ class PostgresServer:
         pid = self.pid()
         if pid is not None and self.is_running():
             stop_pid(pid, _STOP_SIGNALS[mode], timeout)
+        if self._state is not None and Path(self._state.socket_dir).parent == SHARED_TMP:
+            shutil.rmtree(self._state.socket_dir, ignore_errors=True)  # start() makes it again
 
     def pid(self) -> int | None:
         try:
@@ -216,26 +213,13 @@ class PostgresServer:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over TCP; returns unaligned, tuples-only output."""
         state = self._require_state()
-        return run(
-            [
-                pg_bin_dir() / "psql",
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                HOST,
-                "-p",
-                str(state.port),
-                "-U",
-                state.superuser,
-                "-d",
-                database,
-                "-c",
-                sql,
-            ],
+        return self._tool(
+            "psql",
+            *_PSQL_FLAGS,
+            f"--port={state.port}",
+            f"--username={state.superuser}",
+            f"--dbname={database}",
+            f"--command={sql}",
             env={"PGPASSWORD": state.password, "PGCONNECT_TIMEOUT": "5"},
         ).strip()
 
@@ -260,6 +244,10 @@ class PostgresServer:
         if not wait_until(streaming, timeout, interval=0.1):
             raise EmbeddedError(f"standby in {self.data_dir} is not streaming after {timeout:.0f}s")
 
+    def _tool(self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        """Run one of the PostgreSQL binaries as the server user."""
+        return run([pg_bin_dir() / name, *args], as_user=self.owner, env=env, timeout=timeout)
+
     def _require_state(self) -> ClusterState:
         if self._state is None:
             raise EmbeddedError(f"no PostgreSQL cluster initialised in {self.data_dir}")
@@ -268,13 +256,6 @@ class PostgresServer:
     def _save_state(self, state: ClusterState) -> None:
         state.save(self.state_file)
         self._state = state
-
-    def _default_socket_dir(self) -> Path:
-        beside = self.data_dir.with_name(self.data_dir.name + ".run")
-        if len(str(beside)) <= _MAX_SOCKET_DIR:
-            return beside
-        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"pn-pg-{digest}"  # noqa: S108 - a 0700 dir owned by the server user
 
     def _adopt(self, state: ClusterState) -> None:
         pidfile = (self.data_dir / "postmaster.pid").read_text().splitlines()
@@ -300,30 +281,20 @@ def make_standby(
     source = primary._require_state()
     standby = PostgresServer(data_dir)
     standby._prepare_data_dir()
-    argv: list[str | os.PathLike[str]] = [
-        pg_bin_dir() / "pg_basebackup",
-        "-D",
-        standby.data_dir,
-        "-h",
-        HOST,
-        "-p",
-        str(source.port),
-        "-U",
-        user,
-        "-w",
-        "-R",
-        "-S",
-        slot_name,
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-    ]
-    if not source.durable:
-        argv.append("--no-sync")
-    run(argv, as_user=standby.owner, env={"PGPASSWORD": password}, timeout=600)
+    standby._tool(
+        "pg_basebackup",
+        f"--pgdata={standby.data_dir}",
+        f"--host={HOST}",
+        f"--port={source.port}",
+        f"--username={user}",
+        f"--slot={slot_name}",
+        *_BASEBACKUP_FLAGS,
+        *([] if source.durable else ["--no-sync"]),
+        env={"PGPASSWORD": password},
+        timeout=600,
+    )
     # Same roles as the primary; its own port and socket dir (start() writes them to powernode.conf).
-    standby._save_state(source.copy(port=free_port(), socket_dir=standby._default_socket_dir()))
+    standby._save_state(source.copy(port=free_port(), socket_dir=socket_dir_for(standby.data_dir)))
     standby.start()
     standby.wait_streaming()
     return standby

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -16,18 +17,20 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"  # every embedded server listens here only
+
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be set up, started or stopped; the message is one line for people."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -95,28 +98,41 @@ def run(
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
 ) -> str:
-    """Run a tool to completion; on failure raise EmbeddedError with the tool's last error line."""
+    """Run a tool to completion; on failure raise EmbeddedError with the tool's last error line.
+
+    The tool gets its own process group: a Ctrl-C meant for the hub does not reach it, and if the
+    hub is interrupted meanwhile the whole group goes (initdb leaves postgres children otherwise).
+    """
     user_args: dict[str, Any] = {}
     if as_user is not None:
         user_args = {"user": as_user[0], "group": as_user[1], "extra_groups": []}
     name = Path(argv[0]).name
     try:
-        done = subprocess.run(
+        process = subprocess.Popen(
             [str(arg) for arg in argv],
-            # "/" because the server user cannot enter root's working directory.
-            cwd="/",
+            cwd="/",  # the server user cannot enter root's working directory
             env={**os.environ, **(env or {})},
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
             **user_args,
         )
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except OSError as e:
         raise EmbeddedError(f"{name} could not run: {e}") from e
-    if done.returncode != 0:
-        raise EmbeddedError(f"{name} failed: {last_line(done.stderr or done.stdout)}")
-    return done.stdout
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException as e:
+        with contextlib.suppress(ProcessLookupError):  # the group may have ended already
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise EmbeddedError(f"{name} did not finish within {timeout:.0f}s") from e
+        raise
+    if process.returncode != 0:
+        raise EmbeddedError(f"{name} failed: {last_line(stderr or stdout)}")
+    return stdout
 
 
 def last_line(text: str) -> str:

@@ -18,6 +18,7 @@ import redis
 
 from hub.embedded.privileges import private_dir
 from hub.embedded.process import (
+    LOOPBACK,
     EmbeddedError,
     free_port,
     log_tail,
@@ -33,7 +34,7 @@ from hub.embedded.process import (
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 
 
 def redis_server_binary() -> Path:

@@ -2,18 +2,18 @@
 
 With nothing configured the hub is the embedded default: it starts PostgreSQL and Redis in the data
 dir, migrates, and on first start writes an operator token with every permission to
-`DIR/operator-token`. With `DATABASE_URL` set it only checks that the schema is at head;
-`powernode-hub migrate` moves it there. SIGINT and SIGTERM stop the API, the worker and then every
-process the hub started.
-"""
+`DIR/operator-token`. While it runs, `DIR/serve.json` says where it answers. With `DATABASE_URL`
+set it only checks that the schema is at head; `powernode-hub migrate` moves it there. SIGINT and
+SIGTERM stop the API, the worker and then every process the hub started."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import arq
 import uvicorn
 from pydantic import SecretStr
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub import migrate
 from hub.config import Settings
@@ -36,6 +37,7 @@ from hub.worker import worker_settings
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "operator-token"
+SERVE_FILE = "serve.json"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -62,6 +64,8 @@ class _ApiServer(uvicorn.Server):
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
     """Run until SIGINT/SIGTERM; raises StartupError or EmbeddedError when it cannot start."""
+    if not settings.embedded and settings.redis.url is None:
+        raise StartupError("REDIS_URL must be set when DATABASE_URL is")
     listener = bind_listener(host, port)
     services: EmbeddedServices | None = None
     # Until the loop takes over, SIGTERM interrupts like Ctrl-C so the finally below still runs.
@@ -126,10 +130,11 @@ async def _serve(settings: Settings, listener: socket.socket, *, embedded: bool)
         api = _ApiServer(config)
         tasks = {
             "API": lambda: api.serve(sockets=[listener]),
-            "announcer": lambda: _announce(api, listener, token_file),
+            "announcer": lambda: _announce(api, listener, settings.data_dir, token_file),
         }
         await _supervise(stop, _worker_for(settings), tasks, api)
     finally:
+        (settings.data_dir / SERVE_FILE).unlink(missing_ok=True)
         await runtime.close()
 
 
@@ -143,10 +148,13 @@ async def _worker(settings: Settings) -> None:
 
 async def _prepare_schema(settings: Settings, *, embedded: bool) -> None:
     url = settings.database_url()
-    if embedded:
-        await migrate.upgrade(url)
-        return
-    current, head = await migrate.current_revision(url), migrate.head_revision()
+    try:
+        if embedded:
+            await migrate.upgrade(url)
+            return
+        current, head = await migrate.current_revision(url), migrate.head_revision()
+    except (OSError, SQLAlchemyError) as e:
+        raise StartupError(f"cannot use the database: {type(e).__name__}: {e}") from e
     if current != head:
         raise StartupError(
             f"the database schema is at {current or 'nothing'}, not at {head}: "
@@ -171,14 +179,18 @@ async def _first_start_token(settings: Settings, runtime: HubRuntime) -> Path:
     return path
 
 
-async def _announce(api: _ApiServer, listener: socket.socket, token_file: Path | None) -> None:
+async def _announce(
+    api: _ApiServer, listener: socket.socket, data_dir: Path, token_file: Path | None
+) -> None:
     await api.ready.wait()
     host, port = listener.getsockname()[:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - display only
-    shown = f"[{shown}]" if ":" in shown else shown
-    print(f"Powernode hub: http://{shown}:{port}", flush=True)
+    url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    print(f"Powernode hub: {url}", flush=True)
     if token_file is not None:
         print(f"Operator token: {token_file}", flush=True)
+    # The operator commands (`powernode-hub spawn` …) find this hub through it.
+    write_private(data_dir / SERVE_FILE, json.dumps({"url": url, "pid": os.getpid()}) + "\n")
     await asyncio.Event().wait()  # stay pending: only the API and the worker end the supervision
 
 
@@ -228,7 +240,8 @@ def _worker_for(settings: Settings) -> arq.Worker | None:
 async def _stop_worker(worker: arq.Worker) -> None:
     # arq's close() re-raises the cancellation of jobs it interrupts and then skips on_shutdown
     # (which closes the worker's runtime); wait for the interrupted jobs here first.
-    worker.handle_sig(signal.SIGTERM)
+    for job in worker.tasks.values():
+        job.cancel()
     await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
     worker.tasks.clear()
     await worker.close()
@@ -243,4 +256,3 @@ def _signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sys.stdout.flush()

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import unquote_plus
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -47,6 +48,15 @@ def is_trusted_proxy(client_host: str | None, proxies: Iterable[str]) -> bool:
     except ValueError:
         return False
     return any(address in net for net in _networks(tuple(proxies)))
+
+
+def _first_subject(value: str) -> str:
+    """Traefik's cert-info header lists one `Subject="…"` per certificate, the client's own first."""
+    start = value.find('Subject="')
+    if start < 0:
+        return value
+    end = value.find('"', start + 9)
+    return value[start + 9 : end if end > 0 else None]
 
 
 def _peer_id_from_cn(cn: str) -> uuid.UUID | None:
@@ -89,7 +99,7 @@ def identify(
     elif is_trusted_proxy(client_host, trusted_proxies):
         for name in (*CN_HEADERS, TRAEFIK_INFO_HEADER):
             value = headers.get(name)
-            peer_id = _peer_id_from_cn(value.replace("%3D", "=").replace("%2C", ",")) if value else None
+            peer_id = _peer_id_from_cn(_first_subject(unquote_plus(value))) if value else None
             if peer_id is not None:
                 return PeerIdentity(peer_id, None)
     raise Unauthorized("A valid peer client certificate is required")
