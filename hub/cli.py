@@ -11,11 +11,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hub import migrate
+from hub import migrate, operator_cli
 from hub.config import Settings
+from hub.database import create_engine, create_sessionmaker, session_scope
 from hub.embedded.process import EmbeddedError
 from hub.embedded.serve import StartupError, run_worker, serve
 from hub.embedded.services import EmbeddedServices
+from hub.operators import service as operators_service
+from hub.operators.permissions import ALL_PERMISSIONS, ROLES
 
 log = logging.getLogger("hub.cli")
 
@@ -43,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_option(serve_cmd)
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
+    serve_cmd.add_argument(
+        "--federation-port",
+        type=int,
+        help="port of the federation HTTPS (mTLS) listener (default: --port + 1)",
+    )
     serve_cmd.set_defaults(handler=_serve)
 
     worker_cmd = commands.add_parser(
@@ -59,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_option(migrate_cmd)
     migrate_cmd.add_argument("--revision", default="head", help="target revision (%(default)s)")
     migrate_cmd.set_defaults(handler=_migrate)
+
+    token_cmd = commands.add_parser("operator-token", help="manage operator tokens")
+    token_sub = token_cmd.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser(
+        "create",
+        help="mint an operator token (printed once)",
+        description="Mint an operator token against DATABASE_URL, or the embedded database of the "
+        f"data dir. Permissions: {', '.join(ALL_PERMISSIONS)}.",
+    )
+    _data_dir_option(create)
+    create.add_argument("--name", required=True, help="who or what the token is for")
+    create.add_argument("--permission", action="append", default=[], help="repeatable")
+    create.add_argument("--role", choices=sorted(ROLES), help="a bundle: viewer or operator")
+    create.set_defaults(handler=_operator_token_create)
+
+    operator_cli.register(commands)
     return parser
 
 
@@ -73,6 +97,12 @@ def _data_dir_option(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "func"):  # operator commands talk to a running hub over its API
+        try:
+            args.func(args)
+        except operator_cli.CliError as e:
+            return _fail(str(e))
+        return 0
     handler: Callable[[argparse.Namespace, Settings], None] = args.handler
     try:
         settings = _settings(args)
@@ -109,11 +139,32 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, host=args.host, port=args.port, federation_port=args.federation_port)
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
     run_worker(settings)
+
+
+def _operator_token_create(args: argparse.Namespace, settings: Settings) -> None:
+    async def create(url: str) -> str:
+        runtime_engine = create_engine(url)
+        try:
+            async with session_scope(create_sessionmaker(runtime_engine)) as session:
+                _, plaintext = await operators_service.create_operator_token(
+                    session, name=args.name, permissions=args.permission, role=args.role
+                )
+        finally:
+            await runtime_engine.dispose()
+        return plaintext
+
+    if settings.embedded:
+        with EmbeddedServices(settings.data_dir, redis=False) as services:
+            plaintext = asyncio.run(create(services.database_url))
+    else:
+        plaintext = asyncio.run(create(settings.database_url()))
+    print("Operator token (shown ONCE; store it now):", file=sys.stderr)
+    print(plaintext)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> None:

@@ -27,8 +27,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from hub import migrate
 from hub.config import Settings
 from hub.database import session_scope
+from hub.embedded import federation_tls
 from hub.embedded.process import write_private
 from hub.embedded.services import EmbeddedServices
+from hub.federation import bootstrap
 from hub.main import create_app
 from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
@@ -62,11 +64,16 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
+def serve(settings: Settings, *, host: str, port: int, federation_port: int | None = None) -> None:
     """Run until SIGINT/SIGTERM; raises StartupError or EmbeddedError when it cannot start."""
     if not settings.embedded and settings.redis.url is None:
         raise StartupError("REDIS_URL must be set when DATABASE_URL is")
     listener = bind_listener(host, port)
+    try:
+        tls_listener = bind_listener(host, federation_port if federation_port is not None else port + 1)
+    except StartupError:
+        listener.close()
+        raise
     services: EmbeddedServices | None = None
     # Until the loop takes over, SIGTERM interrupts like Ctrl-C so the finally below still runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -75,7 +82,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
             services = EmbeddedServices(settings.data_dir, redis=settings.redis.url is None)
             services.start()
             settings = with_embedded_urls(settings, services)
-        asyncio.run(_serve(settings, listener, embedded=services is not None))
+        asyncio.run(_serve(settings, listener, tls_listener, embedded=services is not None))
     except KeyboardInterrupt:
         log.info("interrupted; stopping")
     finally:
@@ -83,6 +90,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
             if services is not None:
                 services.stop()
             listener.close()
+            tls_listener.close()
 
 
 def run_worker(settings: Settings) -> None:
@@ -115,24 +123,31 @@ def with_embedded_urls(settings: Settings, services: EmbeddedServices) -> Settin
     return settings.model_copy(update=update)
 
 
-async def _serve(settings: Settings, listener: socket.socket, *, embedded: bool) -> None:
+async def _serve(
+    settings: Settings, listener: socket.socket, tls_listener: socket.socket, *, embedded: bool
+) -> None:
     stop = _stop_event()
     await _prepare_schema(settings, embedded=embedded)
+    settings = _with_public_url(settings, listener)
     runtime = await HubRuntime.open(settings)
     try:
         token_file = await _first_start_token(settings, runtime) if embedded else None
+        await bootstrap.ingest_first_run(runtime)
+        app = create_app(settings, runtime)
         config = uvicorn.Config(
-            create_app(settings, runtime),
+            app,
             log_level=settings.log_level.lower(),
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
         api = _ApiServer(config)
+        federation = _ApiServer(federation_tls.uvicorn_config(app, runtime, settings))
         tasks = {
             "API": lambda: api.serve(sockets=[listener]),
-            "announcer": lambda: _announce(api, listener, settings.data_dir, token_file),
+            "federation TLS listener": lambda: federation.serve(sockets=[tls_listener]),
+            "announcer": lambda: _announce(api, listener, tls_listener, settings.data_dir, token_file),
         }
-        await _supervise(stop, _worker_for(settings), tasks, api)
+        await _supervise(stop, _worker_for(settings), tasks, api, federation)
     finally:
         (settings.data_dir / SERVE_FILE).unlink(missing_ok=True)
         await runtime.close()
@@ -179,18 +194,34 @@ async def _first_start_token(settings: Settings, runtime: HubRuntime) -> Path:
     return path
 
 
-async def _announce(
-    api: _ApiServer, listener: socket.socket, data_dir: Path, token_file: Path | None
-) -> None:
-    await api.ready.wait()
+def _url(scheme: str, listener: socket.socket) -> str:
     host, port = listener.getsockname()[:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - display only
-    url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    return f"{scheme}://[{shown}]:{port}" if ":" in shown else f"{scheme}://{shown}:{port}"
+
+
+def _with_public_url(settings: Settings, listener: socket.socket) -> Settings:
+    if settings.public_url:
+        return settings
+    return settings.model_copy(update={"public_url": _url("http", listener)})
+
+
+async def _announce(
+    api: _ApiServer,
+    listener: socket.socket,
+    tls_listener: socket.socket,
+    data_dir: Path,
+    token_file: Path | None,
+) -> None:
+    await api.ready.wait()
+    url, federation_url = _url("http", listener), _url("https", tls_listener)
     print(f"Powernode hub: {url}", flush=True)
+    print(f"Federation (mTLS): {federation_url}", flush=True)
     if token_file is not None:
         print(f"Operator token: {token_file}", flush=True)
     # The operator commands (`powernode-hub spawn` …) find this hub through it.
-    write_private(data_dir / SERVE_FILE, json.dumps({"url": url, "pid": os.getpid()}) + "\n")
+    state = {"url": url, "federation_url": federation_url, "pid": os.getpid()}
+    write_private(data_dir / SERVE_FILE, json.dumps(state) + "\n")
     await asyncio.Event().wait()  # stay pending: only the API and the worker end the supervision
 
 
@@ -206,7 +237,7 @@ async def _supervise(
     stop: asyncio.Event,
     worker: arq.Worker | None,
     tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]],
-    api: uvicorn.Server | None = None,
+    *servers: uvicorn.Server,
 ) -> None:
     """Run the worker and `tasks` until a signal arrives or one of them ends, then stop them all."""
     if worker is not None:
@@ -216,12 +247,12 @@ async def _supervise(
     }
     signalled = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([*running, signalled], return_when=asyncio.FIRST_COMPLETED)
-    if api is not None:
-        api.should_exit = True
+    for server in servers:
+        server.should_exit = True
     if worker is not None:
         await _stop_worker(worker)
     for task in [signalled, *running]:
-        if running.get(task) != "API":
+        if running.get(task) not in ("API", "federation TLS listener"):
             task.cancel()
     await asyncio.gather(signalled, *running, return_exceptions=True)
     for task in done - {signalled}:

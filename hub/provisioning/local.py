@@ -56,7 +56,7 @@ class LocalProvisioner:
         return self._boot(node, payload)
 
     def _boot(self, node: NodeSpec, payload: SpawnPayload) -> ProvisionResult:
-        port = free_port()
+        port, federation_port = free_port(), free_port()
         data_dir = node.work_dir / "data"
         command = [
             sys.executable,
@@ -66,6 +66,8 @@ class LocalProvisioner:
             str(node.work_dir),
             "--port",
             str(port),
+            "--federation-port",
+            str(federation_port),
             "--spawn-mode",
             payload.spawn_mode,
         ]

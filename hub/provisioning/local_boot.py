@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="local_boot", description=__doc__)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--federation-port", type=int, required=True)
     parser.add_argument("--spawn-mode", default="managed_child")
     args = parser.parse_args(argv)
     data_dir = args.work_dir / "data"
@@ -42,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"[boot] first run failed (exit {code}); the child hub is not started", flush=True)
         return code
-    serve = [_tool("powernode-hub"), "serve", "--data-dir", str(data_dir), "--port", str(args.port)]
+    serve = [
+        _tool("powernode-hub"),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(args.port),
+        "--federation-port",
+        str(args.federation_port),
+    ]
     print(f"[boot] starting the child hub: {' '.join(serve[1:])}", flush=True)
     os.execv(serve[0], serve)
     return 0  # not reached: execv replaces this process
