@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from hub.federation.accept import router as accept_router
+from hub.federation.findings import router as findings_router
 from hub.federation.peering import router as peering_router
 from hub.provisioning import router as templates_router
+from hub.replication import router as replication_router
 from hub.spawn import router as spawn_router
 
 API_PREFIX = "/api/v1"
@@ -17,4 +19,7 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(templates_router.router, prefix=API_PREFIX)
     app.include_router(accept_router.router, prefix=API_PREFIX)
     app.include_router(peering_router.router, prefix=API_PREFIX)
+    app.include_router(findings_router.router, prefix=API_PREFIX)
+    app.include_router(replication_router.router, prefix=API_PREFIX)
+    app.include_router(replication_router.federation_router, prefix=API_PREFIX)
     app.add_route(peering_router.HEARTBEAT_PATH, peering_router.heartbeat, methods=["POST"])

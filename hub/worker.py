@@ -2,38 +2,103 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
+from arq import cron, func
 from arq.connections import RedisSettings
+from arq.cron import CronJob
 
 from hub.config import Settings, get_settings
+from hub.federation import bootstrap
+from hub.federation.findings.jobs import federation_findings_sweep
+from hub.replication import jobs as replication_jobs
 from hub.runtime import HubRuntime, queue_name
+
+log = logging.getLogger(__name__)
+
+
+def every(seconds: float) -> dict[str, Any]:
+    """arq cron fields for "every N seconds", N rounded to a divisor of a minute or an hour."""
+    whole = max(1, round(seconds))
+    if whole < 60:
+        step = max(d for d in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30) if d <= whole)
+        return {"second": set(range(0, 60, step))}
+    minutes = max(d for d in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) if d <= whole // 60)
+    return {"minute": set(range(0, 60, minutes)), "second": 0}
+
+
+async def heartbeat_loop(runtime: HubRuntime) -> None:
+    """This node's own duty (never queued, so it stays on this node): enroll, then heartbeat."""
+    interval = runtime.settings.federation.heartbeat_interval_seconds
+    while True:
+        try:
+            await bootstrap.sync_with_parent(runtime)
+        except Exception as e:  # one failed tick must not stop the next
+            log.warning("heartbeat tick failed: %s", type(e).__name__)
+        await asyncio.sleep(interval)
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
-    ctx["runtime"] = await HubRuntime.open(settings)
+    runtime = ctx["runtime"] = await HubRuntime.open(settings)
+    if ctx.get("heartbeats", True):
+        ctx["heartbeat_task"] = asyncio.create_task(heartbeat_loop(runtime))
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    task: asyncio.Task[None] | None = ctx.pop("heartbeat_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     runtime: HubRuntime | None = ctx.get("runtime")
     if runtime is not None:
         await runtime.close()
 
 
-FUNCTIONS: list[Any] = []
-CRON_JOBS: list[Any] = []
+FUNCTIONS: list[Any] = [
+    func(
+        replication_jobs.cluster_member_pg_replica_setup,
+        name=replication_jobs.SETUP_JOB,
+        max_tries=replication_jobs.MAX_TRIES,
+    ),
+    func(
+        replication_jobs.cluster_member_pg_replica_teardown,
+        name=replication_jobs.TEARDOWN_JOB,
+        max_tries=replication_jobs.MAX_TRIES,
+    ),
+]
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    return [
+        cron(
+            federation_findings_sweep,
+            name="federation_findings_sweep",
+            unique=True,
+            **every(settings.federation.findings_interval_seconds),
+        ),
+        cron(
+            replication_jobs.replication_slot_janitor,
+            name=replication_jobs.JANITOR_JOB,
+            unique=True,
+            **every(settings.federation.findings_interval_seconds),
+        ),
+    ]
+
+
+def worker_settings(settings: Settings, *, heartbeats: bool = True) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` bound to these settings."""
     return {
         "functions": FUNCTIONS,
-        "cron_jobs": CRON_JOBS,
+        "cron_jobs": cron_jobs(settings),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url()),
         "queue_name": queue_name(),
-        "ctx": {"settings": settings},
+        "ctx": {"settings": settings, "heartbeats": heartbeats},
         "handle_signals": False,
     }

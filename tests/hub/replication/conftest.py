@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import hvac
 import httpx
+import hvac
 import pytest
 
 from hub.config import FederationSettings, Settings
@@ -98,7 +98,8 @@ async def drop_replica(primary: asyncpg.Connection, names: ReplicaNames) -> None
         names.slot,
     )
     await primary.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", names.slot
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        names.slot,
     )
     await primary.execute(f'DROP ROLE IF EXISTS "{names.role}"')
 
@@ -124,6 +125,20 @@ def read_secret(vault: hvac.Client, names: ReplicaNames) -> dict[str, Any] | Non
     except hvac.exceptions.InvalidPath:
         return None
     return response["data"]["data"]
+
+
+async def slots_named(primary: asyncpg.Connection, name: str) -> int:
+    return await primary.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", name)
+
+
+async def roles_named(primary: asyncpg.Connection, name: str) -> int:
+    return await primary.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", name)
+
+
+async def open_setup_findings(primary: asyncpg.Connection) -> int:
+    return await primary.fetchval(
+        "SELECT count(*) FROM finding WHERE kind = 'cluster_pg_setup_failed' AND resolved_at IS NULL"
+    )
 
 
 async def cluster_pg(primary: asyncpg.Connection, child: Child) -> dict[str, Any] | None:

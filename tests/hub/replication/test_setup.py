@@ -13,7 +13,15 @@ from arq import Retry
 from hub.config import ReplicationSettings
 from hub.replication import jobs
 from hub.replication.credentials import Credential
-from tests.hub.replication.conftest import CHILDREN, cluster_pg, read_secret, run_setup
+from tests.hub.replication.conftest import (
+    CHILDREN,
+    cluster_pg,
+    open_setup_findings,
+    read_secret,
+    roles_named,
+    run_setup,
+    slots_named,
+)
 
 
 async def replication_login(database_url: str, username: str, password: str) -> None:
@@ -40,7 +48,7 @@ async def test_setup_makes_slot_role_and_secret_then_marks_the_child_ready(
 
     ran = await run_jobs()
 
-    assert (ran.complete, ran.failed) == (1, 0)
+    assert ran.failed == 0
     names = child.names
     slot = await primary.fetchrow(
         "SELECT slot_type, temporary, restart_lsn FROM pg_replication_slots WHERE slot_name = $1", names.slot
@@ -90,8 +98,7 @@ async def test_the_advertised_primary_comes_from_the_replication_settings(spawn,
 
 async def _inventory(primary, vault, child):
     names = child.names
-    slots = await primary.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", names.slot)
-    roles = await primary.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", names.role)
+    slots, roles = await slots_named(primary, names.slot), await roles_named(primary, names.role)
     versions = vault.secrets.kv.v2.read_secret_metadata(path=names.secret_path)["data"]["current_version"]
     return slots, roles, versions, read_secret(vault, names)
 
@@ -110,7 +117,9 @@ async def test_running_it_again_changes_nothing(spawn, run_jobs, runtime, primar
     assert {**block_after, "prepared_at": None} == {**block_before, "prepared_at": None}
 
 
-async def test_two_runs_at_once_make_one_slot_one_role_one_secret(spawn, runtime, primary, vault, database_url):
+async def test_two_runs_at_once_make_one_slot_one_role_one_secret(
+    spawn, runtime, primary, vault, database_url
+):
     child = await spawn()
 
     results = await asyncio.gather(run_setup(runtime, child), run_setup(runtime, child))
@@ -121,24 +130,26 @@ async def test_two_runs_at_once_make_one_slot_one_role_one_secret(spawn, runtime
     await replication_login(database_url, child.names.role, secret["password"])
 
 
+async def _restart_lsn(primary, slot):
+    return await primary.fetchval(
+        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot
+    )
+
+
 async def test_a_run_killed_after_the_slot_and_secret_is_finished_by_the_next(
     spawn, runtime, primary, vault, database_url
 ):
     child = await spawn()
     names = child.names
     await primary.execute("SELECT pg_create_physical_replication_slot($1, true)", names.slot)
-    restart_lsn = await primary.fetchval(
-        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1", names.slot
-    )
+    restart_lsn = await _restart_lsn(primary, names.slot)
     left_behind = Credential.new(username=names.role, ttl_days=30)
     vault.secrets.kv.v2.create_or_update_secret(path=names.secret_path, secret=left_behind.to_secret())
 
     await run_setup(runtime, child)
 
     assert (await cluster_pg(primary, child))["expires_at"] == left_behind.expires_at.isoformat()
-    assert await primary.fetchval(
-        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1", names.slot
-    ) == restart_lsn
+    assert await _restart_lsn(primary, names.slot) == restart_lsn
     await replication_login(database_url, names.role, left_behind.password)
 
 
@@ -175,7 +186,7 @@ async def test_vault_down_means_error_and_a_finding_until_a_retry_succeeds(
     ran = await run_jobs()
 
     assert failed["state"] == "error" and failed["failed_at"]
-    assert failed["reason"].startswith(f"storing the credential at cluster_member_pg_replica/{child.id} failed")
+    assert failed["reason"].startswith(f"storing the credential at {child.names.secret_path} failed")
     assert "unavailable" in failed["reason"]
     assert finding["peer_id"] == child.id and finding["severity"] == "error"
     assert last_try["state"] == "error"
@@ -185,9 +196,7 @@ async def test_vault_down_means_error_and_a_finding_until_a_retry_succeeds(
     assert ran.failed == 0
     ready = await cluster_pg(primary, child)
     assert ready["state"] == "ready" and "reason" not in ready and "failed_at" not in ready
-    assert await primary.fetchval(
-        "SELECT count(*) FROM finding WHERE kind = 'cluster_pg_setup_failed' AND resolved_at IS NULL"
-    ) == 0
+    assert await open_setup_findings(primary) == 0
 
 
 async def test_a_non_cluster_member_gets_no_replica(spawn, runtime, primary):
@@ -195,7 +204,23 @@ async def test_a_non_cluster_member_gets_no_replica(spawn, runtime, primary):
 
     assert await run_setup(runtime, child) is None
 
-    assert await primary.fetchval(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", child.names.slot
-    ) == 0
+    assert await slots_named(primary, child.names.slot) == 0
     assert await cluster_pg(primary, child) is None
+
+
+@pytest.mark.parametrize("after", [0.005, 0.01, 0.02, 0.04])  # before, inside, after the first commit
+async def test_a_run_cancelled_anywhere_is_finished_by_the_next(
+    spawn, runtime, primary, vault, database_url, after
+):
+    child = await spawn()
+    interrupted = asyncio.create_task(run_setup(runtime, child))
+    await asyncio.sleep(after)
+    interrupted.cancel()
+    await asyncio.gather(interrupted, return_exceptions=True)
+
+    await run_setup(runtime, child)
+
+    slots, roles, _, secret = await _inventory(primary, vault, child)
+    assert (slots, roles) == (1, 1)
+    assert (await cluster_pg(primary, child))["state"] == "ready"
+    await replication_login(database_url, child.names.role, secret["password"])
