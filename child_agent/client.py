@@ -30,7 +30,7 @@ API_BASE = "/api/v1/system/federation_api"
 REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 # The parent prepares the credential in a background job; these answers mean "not yet".
-CREDENTIAL_NOT_READY = frozenset({409, 425, 503})
+CREDENTIAL_NOT_READY = frozenset({425, 503})  # 409 ALREADY_DELIVERED is final
 DataT = TypeVar("DataT", bound=BaseModel)
 
 

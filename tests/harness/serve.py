@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+from hub.embedded.process import free_port
+
 _CONFIG_PREFIXES = ("DATABASE_", "REDIS_", "VAULT_", "POWERNODE_")
 
 
@@ -21,9 +23,10 @@ def hub_command() -> list[str]:
 class ServeProcess:
     """Started with nothing configured (the embedded default), whatever the test session uses."""
 
-    def __init__(self, data_dir: Path, port: int):
+    def __init__(self, data_dir: Path, port: int, federation_port: int | None = None):
         self.data_dir = data_dir
         self.port = port
+        self.federation_port = federation_port or free_port()
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr_file = data_dir.with_name(data_dir.name + ".stderr")
         self.process: subprocess.Popen[str] | None = None
@@ -41,7 +44,16 @@ class ServeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
         with self.stderr_file.open("a") as stderr:
             self.process = subprocess.Popen(
-                [*hub_command(), "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+                [
+                    *hub_command(),
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--federation-port",
+                    str(self.federation_port),
+                ],
                 cwd=self.data_dir.parent,
                 env=env,
                 stdin=subprocess.DEVNULL,

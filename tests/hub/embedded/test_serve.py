@@ -25,8 +25,9 @@ def start_serve(hub_dir):
     def start():
         serve = ServeProcess(hub_dir, free_port()).start()
         started.append(serve)
-        url, token = serve.read_line(), serve.read_line()
+        url, federation, token = serve.read_line(), serve.read_line(), serve.read_line()
         assert url == f"Powernode hub: http://127.0.0.1:{serve.port}"
+        assert federation == f"Federation (mTLS): https://127.0.0.1:{serve.federation_port}"
         assert token == f"Operator token: {hub_dir / 'operator-token'}"
         return serve
 
