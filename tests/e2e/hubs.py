@@ -1,154 +1,25 @@
-"""Real hubs for end-to-end tests: a parent `powernode-hub serve` and the children it boots."""
+"""End-to-end tests drive real hubs through hub.localhub, with short federation intervals."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from hub.localhub import LocalHub, halt_node, hub_env, serve_state
 
-from hub.embedded.process import free_port, pid_alive, wait_until
-from tests.harness.serve import hub_command
-
-_CONFIG_PREFIXES = ("DATABASE_", "REDIS_", "VAULT_", "POWERNODE_")
-API = "/api/v1/system/federation"
 FAST = {
     "POWERNODE_FEDERATION_HEARTBEAT_INTERVAL_SECONDS": "1",
     "POWERNODE_FEDERATION_FINDINGS_INTERVAL_SECONDS": "1",
     "POWERNODE_FEDERATION_HEARTBEAT_STALE_SECONDS": "4",
 }
+__all__ = ["FAST", "Hub", "child_serve_state", "halt_node", "hub_env"]
 
 
-def hub_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
-    return env | FAST | (extra or {})
-
-
-class Hub:
-    """One `powernode-hub serve` on the embedded default, driven through its operator API."""
-
-    def __init__(self, data_dir: Path, *, port: int | None = None, federation_port: int | None = None):
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.federation_port = federation_port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = data_dir.with_name(data_dir.name + ".log")
-
-    def __repr__(self) -> str:
-        return f"Hub({str(self.data_dir)!r}, port={self.port})"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def federation_url(self) -> str:
-        return f"https://127.0.0.1:{self.federation_port}"
-
+class Hub(LocalHub):
     def start(self, env: dict[str, str] | None = None, timeout: float = 90) -> Hub:
-        command = [
-            *hub_command(),
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            "--federation-port",
-            str(self.federation_port),
-        ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=hub_env(env),
-                start_new_session=True,
-            )
-        if not wait_until(self._ready, timeout, interval=0.2):
-            raise AssertionError(f"{self} did not become ready:\n{self.log.read_text()[-3000:]}")
+        super().start(FAST | (env or {}), timeout)
         return self
-
-    def _ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"{self} exited:\n{self.log.read_text()[-3000:]}")
-        return (self.data_dir / "serve.json").exists() and (self.data_dir / "operator-token").exists()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    @property
-    def headers(self) -> dict[str, str]:
-        token = (self.data_dir / "operator-token").read_text().strip()
-        return {"Authorization": f"Bearer {token}"}
-
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, self.url + path, headers=self.headers, timeout=30, **kwargs)
-
-    def spawn(self, mode: str, template: str = "powernode-hub") -> dict[str, Any]:
-        body = {
-            "spawn_mode": mode,
-            "parent_url": self.federation_url,
-            "spawn_target": {"template_id": template},
-        }
-        response = self.api("POST", f"{API}/children/spawn", json=body)
-        assert response.status_code == 201, response.text
-        return response.json()["data"]
-
-    def child(self, child_id: str) -> dict[str, Any]:
-        response = self.api("GET", f"{API}/children/{child_id}")
-        assert response.status_code == 200, response.text
-        return response.json()["data"]["child"]
-
-    def wait_for(self, child_id: str, status: str, timeout: float = 90) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        child: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            child = self.child(child_id)
-            if child["status"] == status:
-                return child
-            time.sleep(0.2)
-        node = Path(child.get("node_instance", {}).get("details", {}).get("work_dir", "/nonexistent"))
-        console = (node / "console.log").read_text()[-3000:] if (node / "console.log").exists() else ""
-        raise AssertionError(f"child {child_id} stayed {child.get('status')}, not {status}:\n{console}")
-
-    def findings(self, **params: str) -> list[dict[str, Any]]:
-        response = self.api("GET", f"{API}/findings", params=params)
-        assert response.status_code == 200, response.text
-        return response.json()["data"]["findings"]
-
-    def node_dirs(self) -> list[Path]:
-        return sorted((self.data_dir / "nodes").glob("*")) if (self.data_dir / "nodes").exists() else []
-
-
-def boot_pid(node_dir: Path) -> int | None:
-    try:
-        return int((node_dir / "boot.pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def halt_node(node_dir: Path, timeout: float = 60) -> None:
-    """Stop a local "VM" the way the provisioner does: SIGTERM its boot process, then its group."""
-    pid = boot_pid(node_dir)
-    if not pid_alive(pid):
-        return
-    assert pid is not None
-    os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not pid_alive(pid), timeout):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def child_serve_state(node_dir: Path) -> dict[str, Any]:
-    return json.loads((node_dir / "data" / "serve.json").read_text())
+    return serve_state(node_dir / "data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,11 @@ async def test_a_spawned_child_reaches_active_with_matching_rows(parent, mode):
 
     assert child["last_heartbeat_at"] and child["enrolled_at"] and child["activated_at"]
     assert child["remote_instance_url"].startswith("http://127.0.0.1:")
-    peers, grants = await child_rows(node_dir(parent, child))
+    for _ in range(50):  # the child records the parent's answer a moment after the parent did
+        peers, grants = await child_rows(node_dir(parent, child))
+        if peers[0]["status"] == "active":
+            break
+        await asyncio.sleep(0.2)
     [parent_row] = peers
     assert parent_row["spawn_role"] == "child" and parent_row["spawn_mode"] == mode
     assert parent_row["status"] == "active" and parent_row["remote_url"] == parent.federation_url

@@ -1,0 +1,40 @@
+# Powernode Spawn — every target sets itself up: a fresh clone needs only Python 3.11+.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA_DIR ?= .powernode
+
+.PHONY: install test lint schemas run demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check hub child_agent shared_contract tests migrations bench
+	$(BIN)/ruff format --check hub child_agent shared_contract
+	$(BIN)/mypy
+
+schemas: $(STAMP)
+	$(BIN)/python -m shared_contract.schemas --write
+
+run: $(STAMP)
+	$(BIN)/powernode-hub serve --data-dir $(DATA_DIR)
+
+demo: $(STAMP)
+	$(BIN)/python -m hub.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .powernode .bench
