@@ -18,7 +18,14 @@ from child_agent.client import ParentClient
 from child_agent.errors import AgentError, ParentRefused, PayloadInvalid
 from child_agent.identity import Identity
 from child_agent.pg_local import pg_bin_dir, server_user
-from child_agent.state import DEFAULT_STATE_DIR, StatePaths, load_accept, read_result, save_accept
+from child_agent.state import (
+    DEFAULT_STATE_DIR,
+    StatePaths,
+    load_accept,
+    read_result,
+    save_accept,
+    write_json,
+)
 from shared_contract.accept import AcceptRequest, AcceptResponseData, ChildInfo, ClusterPgBlock
 from shared_contract.first_run import FirstRunResult, StandbyInfo
 from shared_contract.payload import SpawnPayload
@@ -134,12 +141,30 @@ def _cluster_member(
         credential = _fetch_credential(payload, ident, options.max_wait)
         block = _block_of(credential, block)
         save_accept(paths, accepted.model_copy(update={"cluster_pg": block}))
+    if credential is not None:
+        _hand_over_database_credential(paths, credential, block)
     standby = pg_replica.Standby(
         options.standby_dir, port=options.standby_port, pg_bin=pg_bin or pg_bin_dir(options.pg_bin),
         owner=server_user(), login_role=block.username,
     )
     wait = _wait(options.max_wait, DEFAULT_CREDENTIAL_WAIT)
     return block, pg_replica.ensure_standby(standby, credential=credential, connect_wait=wait)
+
+
+def _hand_over_database_credential(
+    paths: StatePaths, credential: ReplicationCredential, block: ClusterPgBlock
+) -> None:
+    """The member's hub has no primary of its own: it writes to the parent's with this role."""
+    write_json(
+        paths.platform_database,
+        {
+            "host": credential.primary_host,
+            "port": credential.primary_port,
+            "database": block.database or "postgres",
+            "username": credential.username,
+            "password": credential.password,
+        },
+    )
 
 
 def _delivered(block: ClusterPgBlock | None) -> ReplicationCredential | None:

@@ -41,6 +41,9 @@ class StatePaths:
         self.identity = root / "identity.json"
         self.accept_response = root / "accept-response.json"
         self.promotion = root / "promotion.json"
+        # cluster_member: the credential the member's hub writes to the parent's primary with; the
+        # hub moves it into its own secret store and deletes this file.
+        self.platform_database = root / "platform-database.json"
         self.result = result_file or root / RESULT_FILE_NAME
 
     def __repr__(self) -> str:

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     platform_name: str = "powernode"
     first_run_result: Path | None = None
+    # False on a cluster_member node: its hub lacks the privileges to manage roles and slots.
+    primary_duties: bool = True
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

@@ -59,5 +59,8 @@ class HubRuntime:
         await self.engine.dispose()
 
 
+PRIMARY_QUEUE = "powernode:queue:primary"
+
+
 def queue_name() -> str:
     return "powernode:queue"

@@ -15,7 +15,7 @@ from hub.config import Settings, get_settings
 from hub.federation import bootstrap
 from hub.federation.findings.jobs import federation_findings_sweep
 from hub.replication import jobs as replication_jobs
-from hub.runtime import HubRuntime, queue_name
+from hub.runtime import PRIMARY_QUEUE, HubRuntime, queue_name
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,11 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await runtime.close()
 
 
-FUNCTIONS: list[Any] = [
+# Work on the PostgreSQL primary itself (roles, slots) needs the hub owner's privileges, which a
+# cluster_member node's hub does not have: it runs on its own queue, consumed only by workers of
+# nodes with primary duties. Everything else is platform work any node's worker may take.
+FUNCTIONS: list[Any] = []
+PRIMARY_FUNCTIONS: list[Any] = [
     func(
         replication_jobs.cluster_member_pg_replica_setup,
         name=replication_jobs.SETUP_JOB,
@@ -81,6 +85,11 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
             unique=True,
             **every(settings.federation.findings_interval_seconds),
         ),
+    ]
+
+
+def primary_cron_jobs(settings: Settings) -> list[CronJob]:
+    return [
         cron(
             replication_jobs.replication_slot_janitor,
             name=replication_jobs.JANITOR_JOB,
@@ -90,15 +99,18 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
-def worker_settings(settings: Settings, *, heartbeats: bool = True) -> dict[str, Any]:
-    """Keyword arguments for `arq.Worker` bound to these settings."""
+def worker_settings(settings: Settings, *, heartbeats: bool = True, primary: bool = False) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker`: the platform queue, or (`primary`) the primary's duties.
+
+    The heartbeat sender runs beside the platform worker only, so one process sends one.
+    """
     return {
-        "functions": FUNCTIONS,
-        "cron_jobs": cron_jobs(settings),
+        "functions": PRIMARY_FUNCTIONS if primary else FUNCTIONS,
+        "cron_jobs": primary_cron_jobs(settings) if primary else cron_jobs(settings),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url()),
-        "queue_name": queue_name(),
-        "ctx": {"settings": settings, "heartbeats": heartbeats},
+        "queue_name": PRIMARY_QUEUE if primary else queue_name(),
+        "ctx": {"settings": settings, "heartbeats": heartbeats and not primary},
         "handle_signals": False,
     }

@@ -70,6 +70,7 @@ class ClusterPgBlock(WireModel):
     credential_id: ShortStr
     username: ShortStr
     password: str | None = Field(default=None, repr=False, max_length=MAX_TOKEN)
+    database: ShortStr | None = None
     prepared_at: IsoTimestamp | None = None
     expires_at: IsoTimestamp | None = None
 

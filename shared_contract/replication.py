@@ -15,3 +15,4 @@ class ReplicationCredential(WireModel):
     password: str = Field(repr=False, max_length=MAX_TOKEN)
     credential_id: ShortStr
     expires_at: IsoTimestamp | None = None
+    database: ShortStr | None = None

@@ -30,7 +30,7 @@ from hub.database import session_scope
 from hub.embedded import federation_tls
 from hub.embedded.process import write_private
 from hub.embedded.services import EmbeddedServices
-from hub.federation import bootstrap
+from hub.federation import bootstrap, member
 from hub.main import create_app
 from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
@@ -66,6 +66,7 @@ class _ApiServer(uvicorn.Server):
 
 def serve(settings: Settings, *, host: str, port: int, federation_port: int | None = None) -> None:
     """Run until SIGINT/SIGTERM; raises StartupError or EmbeddedError when it cannot start."""
+    settings = member.configure(settings)
     if not settings.embedded and settings.redis.url is None:
         raise StartupError("REDIS_URL must be set when DATABASE_URL is")
     listener = bind_listener(host, port)
@@ -147,7 +148,7 @@ async def _serve(
             "federation TLS listener": lambda: federation.serve(sockets=[tls_listener]),
             "announcer": lambda: _announce(api, listener, tls_listener, settings.data_dir, token_file),
         }
-        await _supervise(stop, _worker_for(settings), tasks, api, federation)
+        await _supervise(stop, _workers_for(settings), tasks, api, federation)
     finally:
         (settings.data_dir / SERVE_FILE).unlink(missing_ok=True)
         await runtime.close()
@@ -155,10 +156,7 @@ async def _serve(
 
 async def _worker(settings: Settings) -> None:
     stop = _stop_event()
-    worker = _worker_for(settings)
-    if worker is None:
-        raise StartupError("no jobs are registered: there is nothing for a worker to do")
-    await _supervise(stop, worker, {})
+    await _supervise(stop, _workers_for(settings), {})
 
 
 async def _prepare_schema(settings: Settings, *, embedded: bool) -> None:
@@ -235,13 +233,13 @@ def _stop_event() -> asyncio.Event:
 
 async def _supervise(
     stop: asyncio.Event,
-    worker: arq.Worker | None,
+    workers: list[arq.Worker],
     tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]],
     *servers: uvicorn.Server,
 ) -> None:
     """Run the worker and `tasks` until a signal arrives or one of them ends, then stop them all."""
-    if worker is not None:
-        tasks = {**tasks, "worker": worker.async_run}
+    for index, worker in enumerate(workers):
+        tasks = {**tasks, f"worker {index + 1}": worker.async_run}
     running: dict[asyncio.Future[Any], str] = {
         asyncio.ensure_future(start()): name for name, start in tasks.items()
     }
@@ -249,7 +247,7 @@ async def _supervise(
     done, _ = await asyncio.wait([*running, signalled], return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
-    if worker is not None:
+    for worker in workers:
         await _stop_worker(worker)
     for task in [signalled, *running]:
         if running.get(task) not in ("API", "federation TLS listener"):
@@ -260,12 +258,12 @@ async def _supervise(
         raise StartupError(f"the {running[task]} stopped: {error or 'no reason given'}")
 
 
-def _worker_for(settings: Settings) -> arq.Worker | None:
-    options = worker_settings(settings)
-    if not (options["functions"] or options["cron_jobs"]):
-        log.warning("no jobs are registered; the worker is not started")
-        return None
-    return arq.Worker(**options)
+def _workers_for(settings: Settings) -> list[arq.Worker]:
+    """The platform queue's worker, and the primary-duties worker unless this node has none."""
+    workers = [arq.Worker(**worker_settings(settings))]
+    if settings.primary_duties:
+        workers.append(arq.Worker(**worker_settings(settings, primary=True)))
+    return workers
 
 
 async def _stop_worker(worker: arq.Worker) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -13,21 +14,25 @@ from sqlalchemy.dialects.postgresql import insert
 
 from hub.audit import service as audit_service
 from hub.database import utcnow
+from hub.federation import member
+from hub.federation.grants.client import CA_CAPABILITY, FEDERATION_SCOPE
 from hub.federation.grants.models import FederationGrant
 from hub.federation.peering.client import PeerCallFailed, PeerClient, PeerCredentials
 from hub.federation.peers.models import FederationPeer
 from hub.runtime import HubRuntime
 from hub.secrets import tokens
+from shared_contract.accept import Endpoint
 from shared_contract.enroll import EnrollRequest
 from shared_contract.first_run import FirstRunResult
 from shared_contract.heartbeat import HeartbeatRequest
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1d7c1e-6a49-4c55-9a55-2f0f0b5d1e11")
+_ANNOUNCED = "enroll_announced"
 
 
 def first_run_result_path(runtime: HubRuntime) -> Path:
-    return runtime.settings.first_run_result or runtime.settings.data_dir / "agent" / "first-run-result.json"
+    return member.result_path(runtime.settings)
 
 
 def parent_row_id(result: FirstRunResult) -> uuid.UUID:
@@ -122,7 +127,8 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _credentials(peer: FederationPeer) -> PeerCredentials | None:
+def parent_credentials(peer: FederationPeer) -> PeerCredentials | None:
+    """How we call our parent: its URL, our client certificate and key, its CA (from first run)."""
     identity = (peer.metadata_ or {}).get("identity") or {}
     paths = [identity.get(k) for k in ("client_cert_path", "client_key_path", "ca_chain_path")]
     if not peer.remote_url or not all(paths):
@@ -132,23 +138,31 @@ def _credentials(peer: FederationPeer) -> PeerCredentials | None:
 
 
 async def sync_with_parent(runtime: HubRuntime) -> str | None:
-    """One tick of the child's duty: enroll if not yet, then heartbeat; returns the parent's answer."""
-    async with runtime.sessionmaker() as session:
-        parent = await session.scalar(
-            select(FederationPeer).where(
-                FederationPeer.spawn_role == "child",
-                FederationPeer.status.in_(("accepted", "enrolled", "active", "degraded")),
-            )
-        )
-    if parent is None:
+    """One tick of this node's duty: enroll if not yet, then heartbeat; returns the parent's answer.
+
+    The duty comes from this node's own first-run result, never from rows in the database: a
+    cluster_member shares its parent's database, and the parent must not heartbeat on its behalf.
+    """
+    path = first_run_result_path(runtime)
+    if not path.exists():
         return None
-    credentials = _credentials(parent)
+    row_id = parent_row_id(FirstRunResult.read(path))
+    async with runtime.sessionmaker() as session:
+        parent = await session.get(FederationPeer, row_id)
+    if parent is None or parent.status not in ("accepted", "enrolled", "active", "degraded"):
+        return None
+    credentials = parent_credentials(parent)
     if credentials is None:
         return None
+    announcement = await _enroll_request(runtime, parent)
     try:
         async with PeerClient(credentials) as client:
+            # Enroll once, and again whenever this process has something new to say (its
+            # federation URL is known only once `serve` listens; a restart may change ports).
+            if parent.status == "accepted" or runtime.extras.get(_ANNOUNCED) != announcement:
+                await client.call("POST", "/enroll", announcement)
+                runtime.extras[_ANNOUNCED] = announcement
             if parent.status == "accepted":
-                await client.call("POST", "/enroll", _enroll_request(runtime, parent))
                 await _set_status(runtime, parent.id, "enrolled", enrolled_at=utcnow())
             data = await client.call("POST", "/heartbeat", HeartbeatRequest(platform_version="0.1.0"))
     except PeerCallFailed as e:
@@ -160,12 +174,48 @@ async def sync_with_parent(runtime: HubRuntime) -> str | None:
     return str(data.get("status"))
 
 
-def _enroll_request(runtime: HubRuntime, parent: FederationPeer) -> EnrollRequest:
+async def _enroll_request(runtime: HubRuntime, parent: FederationPeer) -> EnrollRequest:
+    """Who we are and how the parent reaches our federation API (URL and the CA to verify it by)."""
+    federation_url = _federation_url(runtime)
+    async with runtime.sessionmaker() as session:
+        granted = await session.scalar(
+            select(FederationGrant.id).where(
+                FederationGrant.peer_id == parent.id,
+                FederationGrant.direction == "granted",
+                FederationGrant.revoked_at.is_(None),
+            )
+        )
     return EnrollRequest(
         platform_id=str((parent.metadata_ or {}).get("instance_uuid") or parent.id),
         platform_url=runtime.settings.public_url or "",
         name=runtime.settings.platform_name,
+        endpoints=[Endpoint(url=federation_url, scope=FEDERATION_SCOPE)] if federation_url else [],
+        capabilities={CA_CAPABILITY: runtime.ca.chain_pem},
+        granted_grant_id=str(granted) if granted else None,
     )
+
+
+def _federation_url(runtime: HubRuntime) -> str | None:
+    """The HTTPS listener `serve` announced in serve.json (None under a bare `worker`, or too early)."""
+    from hub.embedded.serve import SERVE_FILE  # serve imports this module
+
+    try:
+        url = json.loads((runtime.settings.data_dir / SERVE_FILE).read_text()).get("federation_url")
+    except (OSError, ValueError):
+        return None
+    return str(url) if url else None
+
+
+def parent_ca_pem(runtime: HubRuntime) -> str:
+    """The CA chain of the parent that spawned us ('' if none): our listener trusts its calls."""
+    path = first_run_result_path(runtime)
+    if not path.exists():
+        return ""
+    ca_chain_path = FirstRunResult.read(path).ca_chain_path
+    try:
+        return Path(ca_chain_path).read_text() if ca_chain_path else ""
+    except OSError:
+        return ""
 
 
 async def _set_status(runtime: HubRuntime, peer_id: uuid.UUID, status: str | None, **values: Any) -> None:

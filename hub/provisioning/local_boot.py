@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hub.embedded.process import free_port
+
 
 def _tool(name: str) -> str:
     beside = Path(sys.executable).with_name(name)
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         str(data_dir / "agent"),
     ]
     if args.spawn_mode == "cluster_member":
-        first_run += ["--standby-dir", str(args.work_dir / "standby" / "pgdata")]
+        first_run += [
+            "--standby-dir", str(args.work_dir / "standby" / "pgdata"),
+            "--standby-port", str(free_port()),
+        ]
     print(f"[boot] first run: {' '.join(first_run[1:])}", flush=True)
     code = subprocess.call(first_run)
     if code != 0:

@@ -18,7 +18,7 @@ from hub.database import session_scope
 from hub.replication import janitor
 from hub.replication.exceptions import SetupFailed
 from hub.replication.service import PgReplicaSetupService
-from hub.runtime import HubRuntime
+from hub.runtime import PRIMARY_QUEUE, HubRuntime
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,15 @@ def retry_delay(job_try: int) -> float:
 async def enqueue_setup(redis: ArqRedis, *, peer_id: uuid.UUID, retry: bool = False) -> str:
     """Once per peer at spawn; a retry gets its own id, or arq would dedupe it against the finished job."""
     job_id = f"{SETUP_JOB}:{peer_id}" + (f":retry:{uuid.uuid4().hex}" if retry else "")
-    await redis.enqueue_job(SETUP_JOB, peer_id=str(peer_id), _job_id=job_id)
+    await redis.enqueue_job(SETUP_JOB, peer_id=str(peer_id), _job_id=job_id, _queue_name=PRIMARY_QUEUE)
     return job_id
 
 
 async def enqueue_teardown(redis: ArqRedis, *, peer_id: uuid.UUID, expired: bool = False) -> str:
     job_id = f"{TEARDOWN_JOB}:{peer_id}" + (":expired" if expired else "")
-    await redis.enqueue_job(TEARDOWN_JOB, peer_id=str(peer_id), expired=expired, _job_id=job_id)
+    await redis.enqueue_job(
+        TEARDOWN_JOB, peer_id=str(peer_id), expired=expired, _job_id=job_id, _queue_name=PRIMARY_QUEUE
+    )
     return job_id
 
 

@@ -38,6 +38,7 @@ class PrimaryEndpoint:
     ssl: str | None
     advertised_host: str
     advertised_port: int
+    database: str = "postgres"
 
     @classmethod
     def of(cls, settings: Settings) -> PrimaryEndpoint:
@@ -50,6 +51,7 @@ class PrimaryEndpoint:
             ssl=ssl if isinstance(ssl, str) else None,
             advertised_host=settings.replication.primary_host or host,
             advertised_port=settings.replication.primary_port or port,
+            database=url.database or "postgres",
         )
 
 
@@ -116,6 +118,17 @@ async def ensure_role(session: AsyncSession, *, credential: Credential) -> None:
     if driver is None:
         raise RuntimeError("the database connection was closed under the role statement")
     await driver.execute(statement)
+    await _grant_platform_access(session, role=credential.username)
+
+
+async def _grant_platform_access(session: AsyncSession, *, role: str) -> None:
+    """A member's hub writes to this primary with the same credential: it inherits the hub
+    owner's table privileges, but may not SET ROLE to it (PostgreSQL 16+; older servers grant
+    plain membership, documented in the README)."""
+    owner = await session.scalar(text("SELECT current_user"))
+    version = int(await session.scalar(text("SHOW server_version_num")) or 0)
+    options = " WITH INHERIT TRUE, SET FALSE" if version >= 160000 else ""
+    await session.execute(text(f"GRANT {quote_ident(str(owner))} TO {quote_ident(role)}{options}"))
 
 
 async def drop(session: AsyncSession, *, names: ReplicaNames) -> None:

@@ -96,6 +96,7 @@ class PgReplicaSetupService:
             "primary_port": self.endpoint.advertised_port,
             "credential_id": str(names.peer_id),
             "username": names.role,
+            "database": self.endpoint.database,
             "prepared_at": utcnow().isoformat(),
             "expires_at": credential.expires_at.isoformat(),
         }

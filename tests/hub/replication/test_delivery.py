@@ -1,6 +1,7 @@
 """The replication credential reaches the member once: in the accept answer, or from its own route."""
 
 import asyncio
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,6 +42,7 @@ async def test_accept_carries_the_password_once_and_the_route_then_refuses(
         **{k: block[k] for k in ("state", "slot_name", "primary_host", "primary_port", "credential_id")},
         "username": child.names.role,
         "password": secret["password"],
+        "database": urlsplit(settings.database_url()).path.lstrip("/"),
         "prepared_at": block["prepared_at"],
         "expires_at": secret["expires_at"],
     }
@@ -64,7 +66,7 @@ async def test_the_same_key_retrying_accept_gets_the_credential_again(spawn, run
 
 
 async def test_accepted_before_ready_the_route_says_not_ready_then_delivers_once(
-    spawn, run_jobs, client, vault
+    spawn, run_jobs, client, vault, settings
 ):
     child = await spawn()
     data = await accept(client, child)
@@ -86,6 +88,7 @@ async def test_accepted_before_ready_the_route_says_not_ready_then_delivers_once
         "password": secret["password"],
         "credential_id": str(child.id),
         "expires_at": secret["expires_at"],
+        "database": urlsplit(settings.database_url()).path.lstrip("/"),
     }
     assert (second.status_code, second.json()["code"]) == (409, "ALREADY_DELIVERED")
 

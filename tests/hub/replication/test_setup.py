@@ -78,6 +78,7 @@ async def test_setup_makes_slot_role_and_secret_then_marks_the_child_ready(
         "primary_port": urlsplit(database_url).port,
         "credential_id": str(child.id),
         "username": f"powernode_repl_{child.id.hex[:16]}",
+        "database": urlsplit(database_url).path.lstrip("/"),
         "prepared_at": block["prepared_at"],
         "expires_at": secret["expires_at"],
     }
