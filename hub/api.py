@@ -6,7 +6,10 @@ from fastapi import FastAPI
 
 from hub.federation.accept import router as accept_router
 from hub.federation.findings import router as findings_router
+from hub.federation.grants import router as grants_router
 from hub.federation.peering import router as peering_router
+from hub.federation.peers import router as peers_router
+from hub.federation.policies import router as policies_router
 from hub.provisioning import router as templates_router
 from hub.replication import router as replication_router
 from hub.spawn import router as spawn_router
@@ -20,6 +23,9 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(accept_router.router, prefix=API_PREFIX)
     app.include_router(peering_router.router, prefix=API_PREFIX)
     app.include_router(findings_router.router, prefix=API_PREFIX)
+    app.include_router(grants_router.router, prefix=API_PREFIX)
+    app.include_router(peers_router.router, prefix=API_PREFIX)
+    app.include_router(policies_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.federation_router, prefix=API_PREFIX)
     app.add_route(peering_router.HEARTBEAT_PATH, peering_router.heartbeat, methods=["POST"])

@@ -206,6 +206,28 @@ def cmd_findings_list(args: argparse.Namespace) -> None:
     _print(args, findings, _table(rows, ["kind", "peer_id", "state", "last_seen", "message"]))
 
 
+def cmd_grants_list(args: argparse.Namespace) -> None:
+    params = {
+        k: v
+        for k, v in {
+            "resource_kind": args.kind,
+            "peer_id": args.peer,
+            "state": args.state,
+            "direction": args.direction,
+        }.items()
+        if v
+    }
+    grants = _call(args, "GET", f"{API}/grants", params=params)["data"]["grants"]
+    rows = [g | {"scopes": ",".join(g["permission_scopes"])} for g in grants]
+    columns = ["id", "peer_id", "direction", "resource_kind", "scopes", "state", "expires_at"]
+    _print(args, grants, _table(rows, columns))
+
+
+def cmd_grants_revoke(args: argparse.Namespace) -> None:
+    grant = _call(args, "POST", f"{API}/grants/{args.id}/revoke", {"reason": args.reason})["data"]["grant"]
+    _print(args, grant, f"Revoked grant {grant['id']} ({grant['state']}; kept until {grant['purge_after']})")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -251,3 +273,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     fls.add_argument("--kind")
     fls.add_argument("--peer")
     fls.set_defaults(func=cmd_findings_list)
+
+    grants = sub.add_parser("grants", help="federation grants: list, revoke (emancipation)")
+    gsub = grants.add_subparsers(dest="grants_command", required=True)
+    gls = gsub.add_parser("list", parents=[common])
+    gls.add_argument("--kind", help="resource kind, e.g. managed_child_operator")
+    gls.add_argument("--peer", help="peer id")
+    gls.add_argument("--state", choices=["active", "expired", "revoked", "archived"])
+    gls.add_argument("--direction", choices=["held", "granted"])
+    gls.set_defaults(func=cmd_grants_list)
+    grevoke = gsub.add_parser("revoke", parents=[common])
+    grevoke.add_argument("id")
+    grevoke.add_argument("--reason")
+    grevoke.set_defaults(func=cmd_grants_revoke)

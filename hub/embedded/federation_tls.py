@@ -16,12 +16,14 @@ import uvicorn
 
 from hub.config import Settings
 from hub.embedded.process import write_private
+from hub.federation import bootstrap
 from hub.runtime import HubRuntime
 from hub.tls import ClientCertHttpToolsProtocol
 
 
 def write_tls_files(runtime: HubRuntime, settings: Settings) -> tuple[Path, Path, Path]:
-    """ca.crt, server.crt and server.key (0600) in `<data_dir>/tls`, fresh on every start."""
+    """ca.crt (the client CAs we accept), server.crt and server.key (0600) in `<data_dir>/tls`,
+    fresh on every start."""
     directory = settings.data_dir / "tls"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     hosts = ["127.0.0.1", "localhost", "::1"]
@@ -30,7 +32,8 @@ def write_tls_files(runtime: HubRuntime, settings: Settings) -> tuple[Path, Path
         hosts.insert(0, public)
     cert_pem, key_pem = runtime.ca.issue_server_cert(hosts, days=90)
     ca_file, cert_file, key_file = directory / "ca.crt", directory / "server.crt", directory / "server.key"
-    ca_file.write_text(runtime.ca.chain_pem)
+    # A spawned child also trusts its parent's CA: the parent calls it with a certificate from it.
+    ca_file.write_text(runtime.ca.chain_pem + bootstrap.parent_ca_pem(runtime))
     cert_file.write_text(cert_pem + runtime.ca.chain_pem)
     write_private(key_file, key_pem)
     return ca_file, cert_file, key_file

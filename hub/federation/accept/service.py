@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict, Unauthorized, Unprocessable
-from hub.federation.grants.models import FederationGrant
+from hub.federation.grants.models import MANAGED_CHILD_OPERATOR, FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
+from hub.observability import metrics
 from hub.runtime import HubRuntime
 from hub.secrets import ca as ca_service
 from hub.secrets import tokens
@@ -26,7 +27,6 @@ from shared_contract.version import UnsupportedContractVersion, negotiate
 
 log = logging.getLogger(__name__)
 NOT_RECOGNIZED = "acceptance_token not recognized or expired"
-MANAGED_CHILD_OPERATOR = "managed_child_operator"
 
 
 def bearer_secret_path(grant_id: uuid.UUID) -> str:
@@ -122,16 +122,22 @@ async def _mark_accepted(
     return peer
 
 
-async def _held_grant(session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer) -> GrantInfo:
-    """managed_child: the parent's operator grant on the child, issued once, in this transaction."""
+async def _held_grant(
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer
+) -> GrantInfo | None:
+    """managed_child: the parent's operator grant on the child, issued once, in this transaction.
+
+    Never a second one: once the grant was revoked (mutual emancipation), a retried accept does
+    not mint the parent a new bearer.
+    """
     grant = await session.scalar(
-        select(FederationGrant).where(
+        select(FederationGrant)
+        .where(
             FederationGrant.peer_id == peer.id,
             FederationGrant.direction == "held",
             FederationGrant.resource_kind == MANAGED_CHILD_OPERATOR,
-            FederationGrant.revoked_at.is_(None),
-            FederationGrant.archived_at.is_(None),
         )
+        .order_by(FederationGrant.created_at.desc())
     )
     bearer: str | None
     if grant is None:
@@ -161,9 +167,11 @@ async def _held_grant(session: AsyncSession, *, runtime: HubRuntime, peer: Feder
         grant = await session.get(FederationGrant, grant_id)
         if grant is None:
             raise Conflict("a live managed_child_operator grant already exists", code="GRANT_EXISTS")
-    else:
-        stored = await runtime.secrets.get(grant.bearer_secret_ref or "")
+    elif grant.state() == "active" and grant.bearer_secret_ref:
+        stored = await runtime.secrets.get(grant.bearer_secret_ref)
         bearer = stored["bearer"] if stored else None
+    else:
+        return None
     return GrantInfo(
         id=str(grant.id),
         resource_kind=grant.resource_kind,
@@ -178,6 +186,7 @@ def _iso(value: datetime | None) -> str:
     return (value or utcnow()).isoformat()
 
 
+@metrics.counts_accept_failures
 async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> AcceptResponseData:
     request, agreed = parse_request(body)
     plaintext = request.acceptance_token.strip()
@@ -235,4 +244,5 @@ async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> Ac
         details={"token_public_id": public_id, "key_bound": key_fp is not None},
     )
     await session.commit()
+    metrics.accepted(retry=retry)
     return AcceptResponseData.model_validate(response)

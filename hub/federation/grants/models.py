@@ -14,6 +14,8 @@ from hub.database import Base, now_column, utcnow, uuid_pk
 
 GRANT_DIRECTIONS = ("held", "granted")
 GRANT_SCOPES = ("read", "write", "admin", "migrate")
+GRANT_STATES = ("active", "expired", "revoked", "archived")
+MANAGED_CHILD_OPERATOR = "managed_child_operator"
 
 
 class FederationGrant(Base):

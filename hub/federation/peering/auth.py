@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from hub.exceptions import Unauthorized
+from hub.observability.context import binds_peer
 from hub.secrets.ca import PEER_CN_PREFIX, cert_fingerprint
 
 CN_HEADERS = ("x-client-s-dn-cn", "x-forwarded-tls-client-cert-subject")
@@ -84,6 +85,7 @@ def from_certificate(pem: str) -> PeerIdentity | None:
     return PeerIdentity(peer_id, cert_fingerprint(cert)) if peer_id else None
 
 
+@binds_peer
 def identify(
     *,
     tls_chain: list[str] | None,

@@ -1,22 +1,29 @@
-"""Federation API (peer → us, client certificate): enroll, heartbeat, peer."""
+"""Federation API (peer → us, client certificate): enroll, heartbeat, peer, revoke; and the calls
+a managing parent makes under the grant we gave it (client certificate + the grant's bearer)."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from hub.dependencies import RuntimeDep, SessionDep
 from hub.exceptions import HubError, Unauthorized, Unprocessable
+from hub.federation.grants import service as grants_service
 from hub.federation.peering import auth
 from hub.federation.peering import service as peering_service
 from hub.federation.peering.heartbeats import HeartbeatBatcher
 from hub.federation.peers import service as peers_service
+from hub.federation.peers.models import FederationPeer
+from hub.federation.policies import service as policies_service
+from hub.federation.policies.schemas import CascadeRequest, CascadeResult, PolicyList, PolicyView
 from hub.runtime import HubRuntime
-from hub.wire import envelope, error_body
+from hub.spawn.schemas import RevokeRequest
+from hub.wire import Envelope, envelope, error_body
 from shared_contract.enroll import EnrollRequest
 from shared_contract.heartbeat import HeartbeatRequest
 
@@ -39,23 +46,107 @@ def peer_identity(request: Request) -> auth.PeerIdentity:
 IdentityDep = Annotated[auth.PeerIdentity, Depends(peer_identity)]
 
 
-@router.post("/enroll", status_code=200)
-async def enroll(request: EnrollRequest, identity: IdentityDep, session: SessionDep) -> dict:
-    """The child finished its first run: accepted → enrolled."""
-    peer = await peering_service.authenticate(
-        session, identity=identity, statuses=peering_service.ENROLL_STATUSES
+def _client_certificate(request: Request) -> str | None:
+    chain = (request.scope.get("extensions", {}).get("tls") or {}).get("client_cert_chain")
+    return chain[0] if chain else None
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+async def live_peer(request: Request, identity: IdentityDep, session: SessionDep) -> FederationPeer:
+    return await peering_service.authenticate(
+        session,
+        identity=identity,
+        statuses=peering_service.LIVE_STATUSES,
+        certificate_pem=_client_certificate(request),
     )
-    return envelope((await peering_service.enroll(session, peer=peer, request=request)).to_wire())
+
+
+CallerDep = Annotated[FederationPeer, Depends(live_peer)]
+
+
+def under_grant(action: str, *, required: bool = True) -> Callable[..., Coroutine[Any, Any, FederationPeer]]:
+    """The calling peer, if the grant we gave it (its bearer) covers `action` (DESIGN §5)."""
+
+    async def dependency(request: Request, caller: CallerDep, session: SessionDep) -> FederationPeer:
+        await grants_service.authorize(
+            session, peer=caller, bearer=_bearer(request), action=action, required=required
+        )
+        return caller
+
+    return dependency
+
+
+@router.post("/enroll", status_code=200)
+async def enroll(request: EnrollRequest, caller: CallerDep, session: SessionDep, runtime: RuntimeDep) -> dict:
+    """The child finished its first run: accepted → enrolled (later: where it is reached now)."""
+    result = await peering_service.enroll(session, peer=caller, request=request, redis=runtime.redis)
+    return envelope(result.to_wire())
 
 
 @router.get("/peer", status_code=200)
-async def peer(identity: IdentityDep, session: SessionDep, runtime: RuntimeDep) -> dict:
-    """What the caller is to us: its peer record as we hold it."""
-    row = await peering_service.authenticate(
-        session, identity=identity, statuses=peering_service.LIVE_STATUSES
-    )
-    detail = await peers_service.detail(session, row)
+async def peer(
+    caller: Annotated[FederationPeer, Depends(under_grant("system.peer.read", required=False))],
+    session: SessionDep,
+) -> dict:
+    """What the caller is to us: its peer record as we hold it (under the grant, if we gave one)."""
+    detail = await peers_service.detail(session, caller)
     return envelope({"peer": detail.model_dump(mode="json")})
+
+
+@router.get("/intervention_policies", status_code=200, response_model=Envelope[PolicyList])
+async def intervention_policies(
+    caller: Annotated[FederationPeer, Depends(under_grant("system.intervention_policies.read"))],
+    session: SessionDep,
+) -> dict:
+    """Our policies, local and cascaded, for the parent that manages us."""
+    policies = [PolicyView.model_validate(p) for p in await policies_service.get_all(session)]
+    return envelope(PolicyList(policies=policies, count=len(policies)))
+
+
+@router.put("/intervention_policies", status_code=200, response_model=Envelope[CascadeResult])
+async def cascade_policies(
+    request: CascadeRequest,
+    caller: Annotated[FederationPeer, Depends(under_grant("system.intervention_policies.write"))],
+    session: SessionDep,
+) -> dict:
+    """The managing parent's `system.*` policies, as our overridable defaults."""
+    return envelope(await policies_service.apply_cascade(session, peer=caller, request=request))
+
+
+@router.get("/audit_events", status_code=200)
+async def audit_events(
+    caller: Annotated[FederationPeer, Depends(under_grant("system.audit.read"))],
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict:
+    """Our newest audit events, for a parent with admin scope."""
+    return envelope({"events": await peering_service.recent_audit_events(session, limit=limit)})
+
+
+@router.post("/revoke", status_code=200)
+async def revoke(
+    caller: CallerDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    request: Annotated[RevokeRequest | None, Body()] = None,
+) -> dict:
+    """The other side revoked the peering (`peer.revoke!`): we revoke ours and stop calling."""
+    said = request.reason if request and request.reason else None
+    peer = await peers_service.revoke_peer(
+        session,
+        runtime=runtime,
+        peer=caller,
+        reason=f"revoked by the peer: {said}" if said else "revoked by the peer",
+        actor=f"peer:{caller.id}",
+        notify=False,
+    )
+    return envelope(
+        {"status": peer.status, "revoked_at": peer.revoked_at.isoformat() if peer.revoked_at else None}
+    )
 
 
 def _batcher(runtime: HubRuntime) -> HeartbeatBatcher:

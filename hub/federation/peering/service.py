@@ -1,66 +1,139 @@
-"""Enroll and "what am I to you": the calls a live peer makes with its client certificate."""
+"""Enroll and "what am I to you": the calls a live peer makes with its client certificate.
+
+A child knows its parent by the id the parent has for it: the parent calls with a certificate
+from its own CA, CN `fed:<that id>` (`metadata.identity.parent_peer_id` of our `child` row), so
+that row is found by it, and the certificate must be signed by the parent's CA we pinned.
+"""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from arq.connections import ArqRedis
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import service as audit_service
+from hub.audit.models import AuditEvent
 from hub.database import utcnow
 from hub.exceptions import Unauthorized
 from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peers.models import FederationPeer
+from hub.federation.policies import jobs as policies_jobs
 from shared_contract.enroll import EnrollRequest, EnrollResponseData
 
-ENROLL_STATUSES = ("accepted", "enrolled", "active", "degraded")
 LIVE_STATUSES = ("accepted", "enrolled", "active", "degraded")
+NO_CERTIFICATE = "A valid peer client certificate is required"
+
+
+def _issued_by(certificate_pem: str, ca_chain_path: str | None) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+        cas = x509.load_pem_x509_certificates(Path(ca_chain_path or "").read_bytes())
+    except (OSError, ValueError):
+        return False
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+async def _our_parent(
+    session: AsyncSession, *, parent_peer_id: uuid.UUID, certificate_pem: str | None
+) -> FederationPeer | None:
+    """Our `child` row for the parent that calls as `fed:<parent_peer_id>`, if its CA signed it."""
+    parent = await session.scalar(
+        select(FederationPeer).where(
+            FederationPeer.spawn_role == "child",
+            FederationPeer.metadata_["identity"]["parent_peer_id"].astext == str(parent_peer_id),
+        )
+    )
+    if parent is None:
+        return None
+    identity = (parent.metadata_ or {}).get("identity") or {}
+    if certificate_pem is not None and not _issued_by(certificate_pem, identity.get("ca_chain_path")):
+        return None
+    return parent
 
 
 async def authenticate(
-    session: AsyncSession, *, identity: PeerIdentity, statuses: tuple[str, ...]
+    session: AsyncSession,
+    *,
+    identity: PeerIdentity,
+    statuses: tuple[str, ...],
+    certificate_pem: str | None = None,
 ) -> FederationPeer:
-    """The live peer behind a certificate: revoked peers and replaced certificates get 401."""
+    """The live peer behind a certificate: unknown or replaced certificates get 401, and a
+    revoked peering 401 `PEER_REVOKED` (so the other side can mirror it)."""
     peer = await session.get(FederationPeer, identity.peer_id)
-    if (
-        peer is None
-        or peer.status not in statuses
-        or (
-            identity.cert_fingerprint is not None
-            and peer.client_cert_fingerprint != identity.cert_fingerprint
-        )
-    ):
-        raise Unauthorized("A valid peer client certificate is required")
+    if peer is None:
+        peer = await _our_parent(session, parent_peer_id=identity.peer_id, certificate_pem=certificate_pem)
+    elif identity.cert_fingerprint is not None and peer.client_cert_fingerprint != identity.cert_fingerprint:
+        peer = None
+    if peer is None:
+        raise Unauthorized(NO_CERTIFICATE)
+    if peer.status == "revoked":
+        raise Unauthorized("This peering was revoked", code="PEER_REVOKED")
+    if peer.status not in statuses:
+        raise Unauthorized(NO_CERTIFICATE)
     return peer
 
 
 async def enroll(
-    session: AsyncSession, *, peer: FederationPeer, request: EnrollRequest
+    session: AsyncSession, *, peer: FederationPeer, request: EnrollRequest, redis: ArqRedis
 ) -> EnrollResponseData:
-    """accepted → enrolled once the child finished its first run; repeating it changes nothing."""
+    """accepted → enrolled once the child finished its first run; later enrolls refresh where it
+    is reached. A managed child then gets our cascaded policies."""
     now = utcnow()
-    values: dict[str, Any] = {"status": "enrolled", "enrolled_at": now, "updated_at": now}
+    reach: dict[str, Any] = {"updated_at": now}
     if request.platform_url:
-        values["remote_url"] = request.platform_url
+        reach["remote_url"] = request.platform_url
     if request.platform_id:
-        values["remote_platform_id"] = request.platform_id
+        reach["remote_platform_id"] = request.platform_id
     if request.endpoints:
-        values["endpoints"] = [e.model_dump(exclude_none=True) for e in request.endpoints]
+        reach["endpoints"] = [e.model_dump(exclude_none=True) for e in request.endpoints]
     if request.capabilities:
-        values["capabilities"] = request.capabilities
+        reach["capabilities"] = request.capabilities
     moved = await session.scalar(
         update(FederationPeer)
         .where(FederationPeer.id == peer.id, FederationPeer.status == "accepted")
-        .values(**values)
+        .values(status="enrolled", enrolled_at=now, **reach)
         .returning(FederationPeer.enrolled_at)
     )
     if moved is not None:
         await audit_service.record(
             session, actor=f"peer:{peer.id}", action="peer.enroll", target=str(peer.id)
         )
+    else:
+        await session.execute(update(FederationPeer).where(FederationPeer.id == peer.id).values(**reach))
     await session.commit()
     await session.refresh(peer)
+    if peer.spawn_role == "parent" and peer.spawn_mode == "managed_child":
+        await policies_jobs.enqueue_cascade(redis, peer_ids=[peer.id])
     return EnrollResponseData(
         peer_id=str(peer.id), status=peer.status, enrolled_at=(peer.enrolled_at or now).isoformat()
     )
+
+
+async def recent_audit_events(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
+    """The newest audit events, for a parent reading them under an admin grant."""
+    events = await session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+    return [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target,
+            "outcome": e.outcome,
+            "details": e.details,
+        }
+        for e in events
+    ]

@@ -27,6 +27,28 @@ class ChildSummary(_View):
     emancipated: bool
 
 
+class PeerSummary(_View):
+    """Any peer row: a child we spawned (`spawn_role: parent`) or the parent that spawned us."""
+
+    id: str
+    name: str
+    spawn_role: str
+    spawn_mode: str
+    status: str
+    remote_url: str | None
+    remote_platform_id: str | None
+    created_at: datetime
+    last_heartbeat_at: datetime | None
+    emancipated: bool
+    revoked_at: datetime | None
+    revoke_reason: str | None
+
+
+class PeerList(BaseModel):
+    peers: list[PeerSummary]
+    count: int
+
+
 class GrantView(_View):
     id: str
     peer_id: str

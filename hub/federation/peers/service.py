@@ -1,4 +1,4 @@
-"""Children as the parent sees them: list, show, revoke, and the views the operator API returns."""
+"""Peers: children as the parent sees them (list, show), every peer row, `peer.revoke!`, the views."""
 
 from __future__ import annotations
 
@@ -14,16 +14,26 @@ from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict, NotFound, ValidationFailed
 from hub.federation.findings.models import Finding
+from hub.federation.grants import service as grants_service
 from hub.federation.grants.models import FederationGrant
-from hub.federation.peers.models import PEER_STATUSES, SPAWN_MODES, AcceptanceToken, FederationPeer
+from hub.federation.peers import jobs as peers_jobs
+from hub.federation.peers.models import (
+    PEER_STATUSES,
+    SPAWN_MODES,
+    SPAWN_ROLES,
+    AcceptanceToken,
+    FederationPeer,
+)
 from hub.federation.peers.schemas import (
     ChildDetail,
     ChildSummary,
     FindingView,
     GrantView,
     NodeInstanceView,
+    PeerSummary,
 )
 from hub.provisioning.models import NodeInstance
+from hub.runtime import HubRuntime
 
 MAX_PAGE = 500
 
@@ -80,6 +90,23 @@ def _summary_fields(peer: FederationPeer, token_expires_at: datetime | None) -> 
 async def summaries(session: AsyncSession, peers: list[FederationPeer]) -> list[ChildSummary]:
     tokens = await _live_tokens(session, [p.id for p in peers])
     return [ChildSummary(**_summary_fields(p, tokens.get(p.id))) for p in peers]
+
+
+def peer_summary(peer: FederationPeer) -> PeerSummary:
+    return PeerSummary(
+        id=str(peer.id),
+        name=peer.name,
+        spawn_role=peer.spawn_role,
+        spawn_mode=peer.spawn_mode,
+        status=peer.status,
+        remote_url=peer.remote_url,
+        remote_platform_id=peer.remote_platform_id,
+        created_at=peer.created_at,
+        last_heartbeat_at=peer.last_heartbeat_at,
+        emancipated=peer.emancipated_at is not None,
+        revoked_at=peer.revoked_at,
+        revoke_reason=peer.revoke_reason,
+    )
 
 
 def grant_view(grant: FederationGrant) -> GrantView:
@@ -221,11 +248,31 @@ async def list_children(
     return peers[:limit], next_cursor
 
 
+async def list_peers(
+    session: AsyncSession, *, spawn_role: str | None, statuses: list[str], limit: int
+) -> list[FederationPeer]:
+    """Every peer row, whatever its role: the children we spawned and the parent that spawned us."""
+    if spawn_role is not None and spawn_role not in SPAWN_ROLES:
+        raise ValidationFailed(f"Unknown spawn_role {spawn_role!r}; roles: {', '.join(SPAWN_ROLES)}")
+    query = select(FederationPeer).order_by(FederationPeer.created_at.desc(), FederationPeer.id.desc())
+    if spawn_role:
+        query = query.where(FederationPeer.spawn_role == spawn_role)
+    if statuses:
+        query = query.where(FederationPeer.status.in_(statuses))
+    return list((await session.scalars(query.limit(limit))).all())
+
+
+async def get_peer_or_raise(session: AsyncSession, *, peer_id: str) -> FederationPeer:
+    peer = await session.get(FederationPeer, parse_peer_id(peer_id))
+    if peer is None:
+        raise NotFound(f"Peer {peer_id} not found")
+    return peer
+
+
 async def revoke(
-    session: AsyncSession, *, peer_id: str, reason: str | None, actor: str, retention_days: int = 90
+    session: AsyncSession, *, peer: FederationPeer, reason: str | None, actor: str, retention_days: int = 90
 ) -> FederationPeer:
     """The hard break: status revoked, token and certificate dead, grants on our side revoked."""
-    peer = await get_child_or_raise(session, peer_id=peer_id)
     now = utcnow()
     revoked = await session.scalar(
         update(FederationPeer)
@@ -234,7 +281,7 @@ async def revoke(
         .returning(FederationPeer.id)
     )
     if revoked is None:
-        raise Conflict(f"Child {peer.id} is already revoked", code="ALREADY_REVOKED")
+        raise Conflict(f"Peer {peer.id} is already revoked", code="ALREADY_REVOKED")
     await session.execute(
         update(AcceptanceToken)
         .where(AcceptanceToken.peer_id == peer.id, AcceptanceToken.superseded_at.is_(None))
@@ -250,7 +297,41 @@ async def revoke(
         )
     )
     await audit_service.record(
-        session, actor=actor, action="child.revoke", target=str(peer.id), details={"reason": reason}
+        session,
+        actor=actor,
+        action="child.revoke" if peer.spawn_role == "parent" else "peer.revoke",
+        target=str(peer.id),
+        details={"reason": reason, "spawn_role": peer.spawn_role},
     )
     await session.refresh(peer)
+    return peer
+
+
+async def revoke_peer(
+    session: AsyncSession,
+    *,
+    runtime: HubRuntime,
+    peer: FederationPeer,
+    reason: str | None,
+    actor: str,
+    notify: bool = True,
+) -> FederationPeer:
+    """`peer.revoke!` from either side: the row and its grants here, bearer secrets deleted, the
+    other side told (unless it told us), and a cluster_member's slot and role torn down."""
+    peer = await revoke(
+        session,
+        peer=peer,
+        reason=reason,
+        actor=actor,
+        retention_days=runtime.settings.federation.grant_retention_days,
+    )
+    await session.commit()
+    await grants_service.forget_bearers(session, secrets=runtime.secrets, peer_id=peer.id)
+    await session.commit()
+    if notify:
+        await peers_jobs.enqueue_revoke_notice(runtime.redis, peer_id=peer.id)
+    if peer.spawn_role == "parent" and peer.spawn_mode == "cluster_member":
+        from hub.replication import jobs as replication_jobs
+
+        await replication_jobs.enqueue_teardown(runtime.redis, peer_id=peer.id)
     return peer

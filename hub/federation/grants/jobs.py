@@ -1,0 +1,81 @@
+"""Grant crons: the retention purge, and the probe that notices a child's emancipation.
+
+The probe reads each managed child's `peer` under our grant once per findings period, so a
+child that revoked the grant shows as emancipated (with a `peer_grant_revoked` finding) without
+waiting for the parent's next push or operator action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from hub.database import session_scope, utcnow
+from hub.exceptions import HubError
+from hub.federation.grants import remote
+from hub.federation.grants import service as grants_service
+from hub.federation.grants.models import FederationGrant
+from hub.federation.peers.models import FederationPeer
+from hub.runtime import HubRuntime
+
+log = logging.getLogger(__name__)
+
+PURGE_JOB = "federation_grant_purge"
+PROBE_JOB = "federation_grant_probe"
+PROBE_CONCURRENCY = 8
+
+
+async def federation_grant_purge(ctx: dict[str, Any]) -> dict[str, int]:
+    runtime: HubRuntime = ctx["runtime"]
+    async with session_scope(runtime.sessionmaker) as session:
+        result = await grants_service.purge(
+            session,
+            secrets=runtime.secrets,
+            retention_days=runtime.settings.federation.grant_retention_days,
+            now=utcnow(),
+        )
+    if any(result.values()):
+        log.info("grant purge: %s", result)
+    return result
+
+
+async def _probed(runtime: HubRuntime) -> list[uuid.UUID]:
+    """Managed children, not emancipated, on which we hold a live grant."""
+    now = utcnow()
+    async with runtime.sessionmaker() as session:
+        rows = await session.scalars(
+            select(FederationPeer.id)
+            .join(FederationGrant, FederationGrant.peer_id == FederationPeer.id)
+            .where(
+                FederationPeer.spawn_role == "parent",
+                FederationPeer.status.in_(remote.CALLABLE_STATUSES),
+                FederationPeer.emancipated_at.is_(None),
+                FederationGrant.direction == "held",
+                FederationGrant.revoked_at.is_(None),
+                FederationGrant.archived_at.is_(None),
+                FederationGrant.expires_at > now,
+            )
+            .distinct()
+        )
+        return list(rows.all())
+
+
+async def federation_grant_probe(ctx: dict[str, Any]) -> dict[str, int]:
+    runtime: HubRuntime = ctx["runtime"]
+    limit = asyncio.Semaphore(PROBE_CONCURRENCY)
+    read = remote.REMOTE_READS["peer"]
+
+    async def probe(peer_id: uuid.UUID) -> bool:
+        async with limit:
+            try:
+                await remote.call_child(runtime, peer_id=peer_id, method=read.method, path=read.path)
+            except HubError:
+                return False
+            return True
+
+    results = await asyncio.gather(*(probe(p) for p in await _probed(runtime)))
+    return {"probed": len(results), "refused_or_unreachable": results.count(False)}

@@ -1,0 +1,43 @@
+"""arq job: push the cascaded policies to one managed child (after enrollment, on every change).
+
+Pushes are full sets stamped with the time they were generated, so duplicates are harmless and
+an older push that arrives late is ignored by the child; they are enqueued without dedup.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from arq import Retry
+from arq.connections import ArqRedis
+
+from hub.federation.grants.exceptions import ChildRefused, ChildUnreachable
+from hub.federation.policies import cascade
+from hub.runtime import PRIMARY_QUEUE, HubRuntime
+
+log = logging.getLogger(__name__)
+
+CASCADE_JOB = "intervention_policy_cascade"
+MAX_TRIES = 8
+
+
+async def enqueue_cascade(redis: ArqRedis, *, peer_ids: list[uuid.UUID]) -> None:
+    for peer_id in peer_ids:
+        await redis.enqueue_job(CASCADE_JOB, peer_id=str(peer_id), _queue_name=PRIMARY_QUEUE)
+
+
+async def intervention_policy_cascade(ctx: dict[str, Any], *, peer_id: str) -> dict[str, Any]:
+    runtime: HubRuntime = ctx["runtime"]
+    job_try = ctx.get("job_try", 1)
+    try:
+        return await cascade.push(runtime, peer_id=uuid.UUID(peer_id))
+    except ChildUnreachable as e:
+        if job_try >= MAX_TRIES:
+            log.warning("policy cascade to %s gave up: %s", peer_id, e.message)
+            return {"unreachable": e.message}
+        raise Retry(defer=min(60.0, 0.5 * 2**job_try)) from None
+    except ChildRefused as e:
+        log.info("policy cascade to %s refused: %s", peer_id, e.message)
+        return {"refused": e.details}
