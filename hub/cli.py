@@ -9,14 +9,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_settings import BaseSettings
 
 from hub import migrate, operator_cli
-from hub.config import Settings
+from hub.config import Settings, UnsafeProduction
 from hub.database import create_engine, create_sessionmaker, session_scope
 from hub.embedded.process import EmbeddedError
 from hub.embedded.serve import StartupError, run_worker, serve
 from hub.embedded.services import EmbeddedServices
+from hub.observability import logging as hub_logging
+from hub.observability.redaction import secret_values
 from hub.operators import service as operators_service
 from hub.operators.permissions import ALL_PERMISSIONS, ROLES
 
@@ -28,7 +31,27 @@ dir, the schema is migrated, and on first start an operator token with every per
 to DIR/operator-token (mode 0600). With DATABASE_URL (and REDIS_URL) set, the hub uses those and
 only checks that the schema is at head: run `powernode-hub migrate` first.
 Delete DIR/operator-token to have the next start mint a new token.
+With --no-worker it serves the API only: run `powernode-hub worker` processes beside it (any number
+of each may share one PostgreSQL, Redis and data dir).
 Stops cleanly, with everything it started, on Ctrl-C or SIGTERM."""
+WORKER_HELP = """\
+Runs the jobs and cron jobs (each cron job runs once per period, however many workers run) against
+DATABASE_URL and REDIS_URL. Stops on Ctrl-C or SIGTERM."""
+
+
+def environment_help(model: type[BaseModel] = Settings, prefix: str = "POWERNODE_") -> str:
+    """Every setting as its environment variable, with its default: generated, so none is missing."""
+    lines = []
+    for name, field in model.model_fields.items():
+        group = field.default_factory
+        if isinstance(group, type) and issubclass(group, BaseSettings):
+            lines.append(environment_help(group, group.model_config.get("env_prefix", "")))
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None or isinstance(default, SecretStr) else default
+        lines.append(f"  {(prefix + name).upper():<48} {shown}")
+    body = "\n".join(lines)
+    return body if model is not Settings else "environment (or ./.env), with defaults:\n" + body
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the API and the worker",
         description=SERVE_HELP,
+        epilog=environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_dir_option(serve_cmd)
@@ -51,10 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="port of the federation HTTPS (mTLS) listener (default: --port + 1)",
     )
+    serve_cmd.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="serve the API only; `powernode-hub worker` runs the jobs (needs DATABASE_URL, REDIS_URL)",
+    )
     serve_cmd.set_defaults(handler=_serve)
 
     worker_cmd = commands.add_parser(
-        "worker", help="run only the job worker (needs DATABASE_URL and REDIS_URL)"
+        "worker",
+        help="run only the job worker (needs DATABASE_URL and REDIS_URL)",
+        description=WORKER_HELP,
+        epilog=environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker_cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve this process's metrics on P (default: not served)",
+    )
+    worker_cmd.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="H", help="address for --metrics-port (%(default)s)"
     )
     worker_cmd.set_defaults(handler=_worker)
 
@@ -106,12 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], None] = args.handler
     try:
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        hub_logging.configure(
+            level=settings.log_level, fmt=settings.log_format, secrets=secret_values(settings)
         )
         handler(args, settings)
-    except (StartupError, EmbeddedError) as e:
+    except (StartupError, EmbeddedError, UnsafeProduction) as e:
         return _fail(str(e))
     except ValidationError as e:
         first = e.errors()[0]
@@ -126,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str) -> int:
     first_line = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    print(f"powernode-hub: error: {first_line}", file=sys.stderr)
+    print(f"powernode-hub: error: {hub_logging.REDACTOR.text(first_line)}", file=sys.stderr)
     return 1
 
 
@@ -139,11 +180,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
-    serve(settings, host=args.host, port=args.port, federation_port=args.federation_port)
+    serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        federation_port=args.federation_port,
+        worker=not args.no_worker,
+    )
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
-    run_worker(settings)
+    address = (args.metrics_host, args.metrics_port) if args.metrics_port is not None else None
+    run_worker(settings, metrics_address=address)
 
 
 def _operator_token_create(args: argparse.Namespace, settings: Settings) -> None:

@@ -5,11 +5,30 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "root", "dev"})
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "changethis",
+        "secret",
+        "password",
+        "root",
+        "dev",
+        "admin",
+        "test",
+        "example",
+    }
+)
+
+
+class UnsafeProduction(RuntimeError):
+    """These settings must not run with POWERNODE_ENVIRONMENT=production; one line for the operator."""
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -81,6 +100,7 @@ class Settings(BaseSettings):
     provisioner: Literal["local", "manual", "qemu"] = "local"
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+    metrics_query_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     secret_key: SecretStr | None = None
     platform_name: str = "powernode"
     first_run_result: Path | None = None
@@ -103,6 +123,43 @@ class Settings(BaseSettings):
         """True when no external database is configured: the hub runs its own PostgreSQL and Redis."""
         return self.database.url is None
 
+    def production_problems(self) -> list[str]:
+        """Why this configuration must not run as POWERNODE_ENVIRONMENT=production; empty when it may."""
+        if self.environment != "production":
+            return []
+        problems = [
+            f"{name} is not set (the embedded {what} is for development)"
+            for name, value, what in (
+                ("DATABASE_URL", self.database.url, "PostgreSQL"),
+                ("REDIS_URL", self.redis.url, "Redis"),
+                ("VAULT_ADDR", self.vault.addr, "local secret store"),
+            )
+            if not value
+        ]
+        secrets = {"VAULT_TOKEN": self.vault.token, "POWERNODE_SECRET_KEY": self.secret_key}
+        urls = {
+            "DATABASE_URL": self.database.url,
+            "DATABASE_REPLICA_URL": self.database.replica_url,
+            "REDIS_URL": self.redis.url,
+            "REDIS_ADVERTISED_URL": self.redis.advertised_url,
+        }
+        problems += [f"{name} is a placeholder" for name, value in secrets.items() if _placeholder(value)]
+        problems += [
+            f"the password in {name} is a placeholder" for name, url in urls.items() if _weak_url(url)
+        ]
+        if self.vault.addr and self.vault.token is None:
+            problems.append("VAULT_TOKEN is not set")
+        if not (self.public_url or "").lower().startswith("https://"):
+            problems.append("POWERNODE_PUBLIC_URL must be an https:// URL (federation carries tokens)")
+        return problems
+
+    def check_production(self) -> None:
+        """Raise UnsafeProduction, naming every problem, before a production hub starts anything."""
+        if problems := self.production_problems():
+            raise UnsafeProduction(
+                "refusing to start with POWERNODE_ENVIRONMENT=production: " + "; ".join(problems)
+            )
+
     def database_url(self) -> str:
         if self.database.url is None:
             raise RuntimeError("DATABASE_URL is not set and the embedded PostgreSQL is not running")
@@ -112,6 +169,17 @@ class Settings(BaseSettings):
         if self.redis.url is None:
             raise RuntimeError("REDIS_URL is not set and the embedded Redis is not running")
         return self.redis.url.get_secret_value()
+
+
+def _placeholder(value: SecretStr | None) -> bool:
+    return value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+
+
+def _weak_url(url: SecretStr | str | None) -> bool:
+    """A URL whose password is a placeholder; no password at all (peer or cert auth) is fine."""
+    text = url.get_secret_value() if isinstance(url, SecretStr) else url
+    password = urlsplit(text).password if text else None
+    return password is not None and password.lower() in PLACEHOLDER_SECRETS
 
 
 @lru_cache

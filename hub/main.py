@@ -9,12 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from hub import api
 from hub.config import Settings, get_settings
 from hub.exceptions import HubError
+from hub.observability import scrape
+from hub.observability.context import RequestContextMiddleware
 from hub.runtime import HubRuntime
 from hub.wire import error_body
 
@@ -55,7 +59,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        log.error(
+            "unhandled error on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            exc_info=exc,  # the log's redaction keeps secrets out of the traceback
+        )
         return JSONResponse(error_body("Internal server error", "INTERNAL_ERROR"), 500)
 
 
@@ -77,6 +87,7 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
@@ -99,6 +110,12 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
         if all(checks.values()):
             return JSONResponse({"success": True, "data": {"status": "ready", "checks": checks}})
         return JSONResponse(error_body("Not ready", "NOT_READY", {"checks": checks}), status_code=503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: this process's counters and the database's gauges, read now."""
+        body = await scrape.render(request.app.state.runtime)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     api.include_routers(app)
     return app

@@ -14,6 +14,10 @@ from arq.cron import CronJob
 from hub.config import Settings, get_settings
 from hub.federation import bootstrap
 from hub.federation.findings.jobs import federation_findings_sweep
+from hub.federation.grants import jobs as grants_jobs
+from hub.federation.peers import jobs as peers_jobs
+from hub.federation.policies import jobs as policies_jobs
+from hub.observability.jobs import instrumented
 from hub.replication import jobs as replication_jobs
 from hub.runtime import PRIMARY_QUEUE, HubRuntime, queue_name
 
@@ -74,6 +78,18 @@ PRIMARY_FUNCTIONS: list[Any] = [
         name=replication_jobs.TEARDOWN_JOB,
         max_tries=replication_jobs.MAX_TRIES,
     ),
+    # Grants, policy pushes and revoke notices use this platform's federation CA and secret store,
+    # which a cluster_member node (its own CA, its own local store) does not hold.
+    func(
+        policies_jobs.intervention_policy_cascade,
+        name=policies_jobs.CASCADE_JOB,
+        max_tries=policies_jobs.MAX_TRIES,
+    ),
+    func(
+        peers_jobs.federation_peer_revoke_notice,
+        name=peers_jobs.REVOKE_NOTICE_JOB,
+        max_tries=peers_jobs.MAX_TRIES,
+    ),
 ]
 
 
@@ -96,6 +112,15 @@ def primary_cron_jobs(settings: Settings) -> list[CronJob]:
             unique=True,
             **every(settings.federation.findings_interval_seconds),
         ),
+        cron(
+            grants_jobs.federation_grant_probe,
+            name=grants_jobs.PROBE_JOB,
+            unique=True,
+            **every(settings.federation.findings_interval_seconds),
+        ),
+        cron(
+            grants_jobs.federation_grant_purge, name=grants_jobs.PURGE_JOB, unique=True, minute=17, second=0
+        ),
     ]
 
 
@@ -105,8 +130,8 @@ def worker_settings(settings: Settings, *, heartbeats: bool = True, primary: boo
     The heartbeat sender runs beside the platform worker only, so one process sends one.
     """
     return {
-        "functions": PRIMARY_FUNCTIONS if primary else FUNCTIONS,
-        "cron_jobs": primary_cron_jobs(settings) if primary else cron_jobs(settings),
+        "functions": instrumented(PRIMARY_FUNCTIONS if primary else FUNCTIONS),
+        "cron_jobs": instrumented(primary_cron_jobs(settings) if primary else cron_jobs(settings)),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url()),

@@ -1,10 +1,10 @@
-"""`powernode-hub serve` and `worker`: the API and the arq worker in one asyncio loop.
+"""`powernode-hub serve` and `worker`: the API and the arq worker in one asyncio loop, or apart.
 
 With nothing configured the hub is the embedded default: it starts PostgreSQL and Redis in the data
 dir, migrates, and on first start writes an operator token with every permission to
-`DIR/operator-token`. While it runs, `DIR/serve.json` says where it answers. With `DATABASE_URL`
-set it only checks that the schema is at head; `powernode-hub migrate` moves it there. SIGINT and
-SIGTERM stop the API, the worker and then every process the hub started."""
+`DIR/operator-token`. While it runs, `DIR/serve.json` says where it answers. With `DATABASE_URL` set
+it only checks that the schema is at head, and any number of `serve --no-worker` and `worker`
+processes may share database, Redis and data dir. SIGINT and SIGTERM stop everything it started."""
 
 from __future__ import annotations
 
@@ -32,8 +32,11 @@ from hub.embedded.process import write_private
 from hub.embedded.services import EmbeddedServices
 from hub.federation import bootstrap, member
 from hub.main import create_app
+from hub.observability import logging as hub_logging
+from hub.observability import metrics
 from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
+from hub.secrets.store import exclusive_lock
 from hub.worker import worker_settings
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,16 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
-def serve(settings: Settings, *, host: str, port: int, federation_port: int | None = None) -> None:
-    """Run until SIGINT/SIGTERM; raises StartupError or EmbeddedError when it cannot start."""
+def serve(
+    settings: Settings, *, host: str, port: int, federation_port: int | None = None, worker: bool = True
+) -> None:
+    """Run until SIGINT/SIGTERM (`worker=False`: the API alone); raises StartupError or EmbeddedError."""
     settings = member.configure(settings)
+    settings.check_production()
     if not settings.embedded and settings.redis.url is None:
         raise StartupError("REDIS_URL must be set when DATABASE_URL is")
+    if settings.embedded and not worker:
+        raise StartupError("--no-worker needs DATABASE_URL and REDIS_URL (for a `worker` to run jobs)")
     listener = bind_listener(host, port)
     try:
         tls_listener = bind_listener(host, federation_port if federation_port is not None else port + 1)
@@ -83,7 +91,7 @@ def serve(settings: Settings, *, host: str, port: int, federation_port: int | No
             services = EmbeddedServices(settings.data_dir, redis=settings.redis.url is None)
             services.start()
             settings = with_embedded_urls(settings, services)
-        asyncio.run(_serve(settings, listener, tls_listener, embedded=services is not None))
+        asyncio.run(_serve(settings, listener, tls_listener, embedded=services is not None, worker=worker))
     except KeyboardInterrupt:
         log.info("interrupted; stopping")
     finally:
@@ -94,13 +102,15 @@ def serve(settings: Settings, *, host: str, port: int, federation_port: int | No
             tls_listener.close()
 
 
-def run_worker(settings: Settings) -> None:
-    """`powernode-hub worker`: the arq worker alone, against the configured database and Redis."""
+def run_worker(settings: Settings, *, metrics_address: tuple[str, int] | None = None) -> None:
+    """`powernode-hub worker`: the arq worker alone; its metrics on `metrics_address` (it has no API)."""
+    settings.check_production()
     if settings.embedded or settings.redis.url is None:
         raise StartupError(
             "the worker needs DATABASE_URL and REDIS_URL (`serve` runs its own worker otherwise)"
         )
-    asyncio.run(_worker(settings))
+    with metrics.served_on(metrics_address):
+        asyncio.run(_worker(settings))
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -125,7 +135,7 @@ def with_embedded_urls(settings: Settings, services: EmbeddedServices) -> Settin
 
 
 async def _serve(
-    settings: Settings, listener: socket.socket, tls_listener: socket.socket, *, embedded: bool
+    settings: Settings, listener: socket.socket, tls_listener: socket.socket, *, embedded: bool, worker: bool
 ) -> None:
     stop = _stop_event()
     await _prepare_schema(settings, embedded=embedded)
@@ -142,13 +152,16 @@ async def _serve(
             timeout_graceful_shutdown=10,
         )
         api = _ApiServer(config)
-        federation = _ApiServer(federation_tls.uvicorn_config(app, runtime, settings))
+        with exclusive_lock(settings.data_dir / "tls.lock"):  # API processes share the data dir's files
+            federation = _ApiServer(federation_tls.uvicorn_config(app, runtime, settings))
+            federation.config.load()
+        hub_logging.route_uvicorn_loggers()  # each uvicorn.Config installed uvicorn's own handlers
         tasks = {
             "API": lambda: api.serve(sockets=[listener]),
             "federation TLS listener": lambda: federation.serve(sockets=[tls_listener]),
             "announcer": lambda: _announce(api, listener, tls_listener, settings.data_dir, token_file),
         }
-        await _supervise(stop, _workers_for(settings), tasks, api, federation)
+        await _supervise(stop, _workers_for(settings) if worker else [], tasks, api, federation)
     finally:
         (settings.data_dir / SERVE_FILE).unlink(missing_ok=True)
         await runtime.close()

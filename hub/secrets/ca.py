@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hub.exceptions import Unprocessable
-from hub.secrets.store import LocalEncryptedStore, SecretStore, write_private_file
+from hub.secrets.store import (
+    LocalEncryptedStore,
+    SecretStore,
+    SecretStoreUnavailable,
+    exclusive_lock,
+    write_private_file,
+)
 
 CA_SECRET_PATH = "powernode/federation_ca"
 PEER_CN_PREFIX = "fed:"
@@ -124,7 +130,14 @@ class FederationCA:
 
 def _new_ca(common_name: str) -> FederationCA:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    # Every hub's CA has the same CN; a unique serialNumber keeps their subjects apart, so a
+    # child trusting its own CA and its parent's finds the right issuer (OpenSSL looks it up by name).
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, uuid.uuid4().hex),
+        ]
+    )
     now = _now()
     cert = (
         x509.CertificateBuilder()
@@ -170,13 +183,15 @@ def _from_pems(key_pem: bytes, cert_pem: bytes) -> FederationCA:
 
 def _load_or_create_files(directory: Path, common_name: str) -> FederationCA:
     key_file, cert_file = directory / "ca.key", directory / "ca.crt"
-    if key_file.exists() and cert_file.exists():
-        return _from_pems(key_file.read_bytes(), cert_file.read_bytes())
-    ca = _new_ca(common_name)
-    key_pem, cert_pem = _pems(ca)
-    write_private_file(key_file, key_pem)
-    directory.joinpath("ca.crt").write_bytes(cert_pem)
-    return ca
+    # Processes sharing a data dir may all start at once: one creates, the others wait and load.
+    with exclusive_lock(directory / ".lock"):
+        if key_file.exists() and cert_file.exists():
+            return _from_pems(key_file.read_bytes(), cert_file.read_bytes())
+        ca = _new_ca(common_name)
+        key_pem, cert_pem = _pems(ca)
+        write_private_file(key_file, key_pem)
+        write_private_file(cert_file, cert_pem)
+        return ca
 
 
 async def load_or_create(
@@ -186,9 +201,15 @@ async def load_or_create(
     if isinstance(store, LocalEncryptedStore):
         return await asyncio.to_thread(_load_or_create_files, data_dir / "ca", common_name)
     stored = await store.get(CA_SECRET_PATH)
-    if stored:
-        return _from_pems(stored["key_pem"].encode(), stored["cert_pem"].encode())
-    ca = _new_ca(common_name)
-    key_pem, cert_pem = _pems(ca)
-    await store.put(CA_SECRET_PATH, {"key_pem": key_pem.decode(), "cert_pem": cert_pem.decode()})
-    return ca
+    if not stored:
+        ca = _new_ca(common_name)
+        key_pem, cert_pem = _pems(ca)
+        # Check-and-set: of hubs starting at once, one CA wins and the others adopt it.
+        if await store.create(CA_SECRET_PATH, {"key_pem": key_pem.decode(), "cert_pem": cert_pem.decode()}):
+            return ca
+        stored = await store.get(CA_SECRET_PATH)
+        if not stored:
+            raise SecretStoreUnavailable(
+                f"the federation CA at {CA_SECRET_PATH} vanished while being created"
+            )
+    return _from_pems(stored["key_pem"].encode(), stored["cert_pem"].encode())

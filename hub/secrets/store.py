@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +35,8 @@ class SecretStore(Protocol):
 
     async def put(self, path: str, data: dict[str, Any]) -> None: ...
 
+    async def create(self, path: str, data: dict[str, Any]) -> bool: ...
+
     async def get(self, path: str) -> dict[str, Any] | None: ...
 
     async def delete(self, path: str) -> None: ...
@@ -42,17 +48,49 @@ def _check_path(path: str) -> str:
     return path
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write atomically with mode 0600 from the first byte on."""
+def _private_temp(path: Path, data: bytes) -> Path:
+    """A complete 0600 copy of `data` beside `path`, named for this writer alone."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write atomically with mode 0600 from the first byte on."""
+    os.replace(_private_temp(path, data), path)
+
+
+def create_private_file(path: Path, data: bytes) -> bool:
+    """Like write_private_file, but only if `path` does not exist; False when another writer was first.
+
+    A hard link never replaces its target, so of two processes starting at once exactly one
+    creates the file and the other then reads what the first wrote."""
+    tmp = _private_temp(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock across the processes sharing a data dir, for first-start work on its files."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class LocalEncryptedStore:
@@ -64,7 +102,8 @@ class LocalEncryptedStore:
         self.root = data_dir / "secrets"
         key_file = data_dir / "secrets.key"
         if not key_file.exists():
-            write_private_file(key_file, Fernet.generate_key())
+            # Two processes starting at once on one data dir must end up with the same key.
+            create_private_file(key_file, Fernet.generate_key())
         self._fernet = Fernet(key_file.read_bytes().strip())
 
     def __repr__(self) -> str:
@@ -75,6 +114,9 @@ class LocalEncryptedStore:
 
     async def put(self, path: str, data: dict[str, Any]) -> None:
         write_private_file(self._file(path), self._fernet.encrypt(json.dumps(data).encode()))
+
+    async def create(self, path: str, data: dict[str, Any]) -> bool:
+        return create_private_file(self._file(path), self._fernet.encrypt(json.dumps(data).encode()))
 
     async def get(self, path: str) -> dict[str, Any] | None:
         file = self._file(path)
@@ -113,6 +155,18 @@ class VaultStore:
     async def put(self, path: str, data: dict[str, Any]) -> None:
         kv = self._client.secrets.kv.v2
         await self._call(kv.create_or_update_secret, path=_check_path(path), secret=data)
+
+    async def create(self, path: str, data: dict[str, Any]) -> bool:
+        """Check-and-set 0: written only if the path holds nothing yet; False when someone was first."""
+        kv = self._client.secrets.kv.v2
+        try:
+            await self._call(kv.create_or_update_secret, path=_check_path(path), secret=data, cas=0)
+        except SecretStoreUnavailable as e:
+            cause = e.__cause__
+            if isinstance(cause, hvac.exceptions.InvalidRequest) and "check-and-set" in str(cause):
+                return False  # another hub wrote it first
+            raise
+        return True
 
     async def get(self, path: str) -> dict[str, Any] | None:
         kv = self._client.secrets.kv.v2

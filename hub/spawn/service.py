@@ -15,6 +15,7 @@ from hub.database import utcnow
 from hub.exceptions import Conflict
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
+from hub.observability import metrics
 from hub.provisioning import service as provisioning_service
 from hub.provisioning import templates as templates_service
 from hub.provisioning.base import ProvisionError
@@ -89,6 +90,7 @@ async def _issue_token(session: AsyncSession, *, peer_id: uuid.UUID, ttl: int) -
     return issued.plaintext, expires_at
 
 
+@metrics.counts_spawns
 async def spawn(
     session: AsyncSession, *, runtime: HubRuntime, request: SpawnRequest, actor: str
 ) -> SpawnResult:
@@ -233,17 +235,7 @@ async def rotate_token(
 async def revoke(
     session: AsyncSession, *, runtime: HubRuntime, peer_id: str, reason: str | None, actor: str
 ) -> FederationPeer:
-    """`peer.revoke!`: credentials dead; for cluster_member the slot, role and secret go too."""
-    peer = await peers_service.revoke(
-        session,
-        peer_id=peer_id,
-        reason=reason,
-        actor=actor,
-        retention_days=runtime.settings.federation.grant_retention_days,
-    )
-    await session.commit()
-    if peer.spawn_mode == "cluster_member":
-        from hub.replication import jobs as replication_jobs
-
-        await replication_jobs.enqueue_teardown(runtime.redis, peer_id=peer.id)
-    return peer
+    """`peer.revoke!` of a child: credentials dead, grants revoked on both sides (the child is
+    told), and for cluster_member the slot, role and secret go too."""
+    peer = await peers_service.get_child_or_raise(session, peer_id=peer_id)
+    return await peers_service.revoke_peer(session, runtime=runtime, peer=peer, reason=reason, actor=actor)

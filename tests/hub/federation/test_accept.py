@@ -102,8 +102,9 @@ async def test_no_grant_for_the_other_modes(client, runtime, mode):
 async def test_unknown_wrong_expired_rotated_and_reused_tokens_share_one_401(client, runtime):
     headers = await operator_headers(runtime)
     used = await spawn(client, headers)
-    assert (await client.post(ACCEPT, json={"acceptance_token": used["acceptance_token"],
-                                             "contract_version": 1})).status_code == 200
+    assert (
+        await client.post(ACCEPT, json={"acceptance_token": used["acceptance_token"], "contract_version": 1})
+    ).status_code == 200
     expired = await spawn(client, headers)
     async with runtime.sessionmaker() as session, session.begin():
         await session.execute(
@@ -113,7 +114,9 @@ async def test_unknown_wrong_expired_rotated_and_reused_tokens_share_one_401(cli
         )
     rotated = await spawn(client, headers)
     rotate = await client.post(f"{CHILDREN}/{rotated['child']['id']}/rotate_token", headers=headers)
-    assert rotate.status_code == 200 and rotate.json()["data"]["acceptance_token"] != rotated["acceptance_token"]
+    assert (
+        rotate.status_code == 200 and rotate.json()["data"]["acceptance_token"] != rotated["acceptance_token"]
+    )
     wrong = used["acceptance_token"][:-6] + "AAAAAA"
 
     candidates = [
@@ -143,8 +146,9 @@ async def test_same_key_retry_is_answered_again_another_key_gets_409(client, run
     first = await client.post(ACCEPT, json=body)
     retry = await client.post(ACCEPT, json=body)
     other = await client.post(ACCEPT, json=body | {"csr_pem": other_csr})
-    keyless = await client.post(ACCEPT, json={"acceptance_token": data["acceptance_token"],
-                                               "contract_version": 1})
+    keyless = await client.post(
+        ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    )
 
     assert first.status_code == 200 and retry.status_code == 200
     a, b = first.json()["data"], retry.json()["data"]
@@ -166,11 +170,15 @@ async def test_same_key_retry_is_answered_again_another_key_gets_409(client, run
     [
         ({"acceptance_token": "", "contract_version": 1}, "acceptance_token is required"),
         ({"acceptance_token": "   ", "contract_version": 1}, "acceptance_token is required"),
-        ({"acceptance_token": "pnat_x_y", "contract_version": 99},
-         "Unsupported contract_version 99; supported: [1]"),
+        (
+            {"acceptance_token": "pnat_x_y", "contract_version": 99},
+            "Unsupported contract_version 99; supported: [1]",
+        ),
         ({"contract_version": 1}, "invalid accept request"),
-        ({"acceptance_token": "pnat_x_y", "contract_version": 1, "csr_pem": "not a csr"},
-         "csr_pem is not a PEM certificate signing request"),
+        (
+            {"acceptance_token": "pnat_x_y", "contract_version": 1, "csr_pem": "not a csr"},
+            "csr_pem is not a PEM certificate signing request",
+        ),
     ],
 )
 async def test_bad_requests_are_422(client, body, message):
@@ -187,12 +195,14 @@ async def test_non_json_body_is_422(client):
 async def test_revoked_child_cannot_accept(client, runtime):
     headers = await operator_headers(runtime)
     data = await spawn(client, headers)
-    revoke = await client.post(f"{CHILDREN}/{data['child']['id']}/revoke", headers=headers,
-                               json={"reason": "changed my mind"})
+    revoke = await client.post(
+        f"{CHILDREN}/{data['child']['id']}/revoke", headers=headers, json={"reason": "changed my mind"}
+    )
     assert revoke.status_code == 200 and revoke.json()["data"]["child"]["status"] == "revoked"
 
-    response = await client.post(ACCEPT, json={"acceptance_token": data["acceptance_token"],
-                                                "contract_version": 1})
+    response = await client.post(
+        ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    )
 
     assert response.status_code == 401 and response.json() == NOT_RECOGNIZED
     again = await client.post(f"{CHILDREN}/{data['child']['id']}/revoke", headers=headers)
