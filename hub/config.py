@@ -42,7 +42,6 @@ class DatabaseSettings(BaseSettings):
     url: SecretStr | None = None
     pool_size: int = Field(default=10, ge=1, le=200)
     max_overflow: int = Field(default=10, ge=0, le=200)
-    replica_url: SecretStr | None = None
 
 
 class RedisSettings(BaseSettings):
@@ -70,7 +69,6 @@ class FederationSettings(BaseSettings):
     model_config = _group("POWERNODE_FEDERATION_")
     trusted_proxies: list[str] = Field(default_factory=list)
     heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
-    heartbeat_recent_seconds: float = Field(default=90.0, gt=0)
     heartbeat_stale_seconds: float = Field(default=300.0, gt=0)
     findings_interval_seconds: float = Field(default=60.0, gt=0)
     default_token_ttl_seconds: int = Field(default=7 * 86400, ge=86400, le=30 * 86400)
@@ -101,7 +99,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     metrics_query_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
-    secret_key: SecretStr | None = None
     platform_name: str = "powernode"
     first_run_result: Path | None = None
     # False on a cluster_member node: its hub lacks the privileges to manage roles and slots.
@@ -136,10 +133,9 @@ class Settings(BaseSettings):
             )
             if not value
         ]
-        secrets = {"VAULT_TOKEN": self.vault.token, "POWERNODE_SECRET_KEY": self.secret_key}
+        secrets = {"VAULT_TOKEN": self.vault.token}
         urls = {
             "DATABASE_URL": self.database.url,
-            "DATABASE_REPLICA_URL": self.database.replica_url,
             "REDIS_URL": self.redis.url,
             "REDIS_ADVERTISED_URL": self.redis.advertised_url,
         }

@@ -38,11 +38,10 @@ def current() -> dict[str, str]:
 
 
 def bind(**fields: str) -> None:
-    """Add fields to every later line of this request or job."""
+    """Add fields to every later line of this request or job; outside one there is nothing to add
+    to, and setting a context here would leak the fields into whatever runs next."""
     existing = _fields.get()
-    if existing is None:
-        _fields.set(dict(fields))
-    else:
+    if existing is not None:
         existing.update(fields)
 
 
