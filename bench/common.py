@@ -1,0 +1,155 @@
+"""What every benchmark shares: results and targets, percentiles, hubs, the hub's own database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from hub.embedded.postgres import PostgresServer
+from hub.embedded.process import pid_alive, wait_until
+from hub.localhub import LocalHub
+
+BENCH_ROOT = Path(__file__).resolve().parent.parent / ".bench"
+ROOT = "/api/v1/system"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target: `value` against `target`, where `at_least` says which side passes."""
+
+    label: str
+    value: float
+    target: float
+    unit: str
+    at_least: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.target if self.at_least else self.value < self.target
+
+    @property
+    def margin(self) -> float:
+        """How far inside the target (> 1) or outside it (< 1) the measurement is."""
+        if self.at_least:
+            return self.value / self.target
+        return self.target / self.value if self.value else float("inf")
+
+    def __str__(self) -> str:
+        side = "≥" if self.at_least else "<"
+        verdict = "PASS" if self.passed else "MISS"
+        return (
+            f"{self.label:<34} {fmt(self.value):>10} {self.unit:<6} target {side} {fmt(self.target)} "
+            f"{self.unit:<6} {verdict}  (x{self.margin:.2f} of target)"
+        )
+
+
+@dataclass
+class Result:
+    name: str
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def say(self, line: str) -> None:
+        """Print a figure as soon as it is known: benchmarks take a while."""
+        print(f"  {line}", flush=True)
+
+    def check(self, label: str, value: float, target: float, unit: str, *, at_least: bool) -> Check:
+        check = Check(label, value, target, unit, at_least)
+        self.checks.append(check)
+        print(f"  {check}", flush=True)
+        return check
+
+    @property
+    def verdict(self) -> str:
+        if self.error is not None:
+            return "ERROR"
+        return "PASS" if self.checks and all(c.passed for c in self.checks) else "MISS"
+
+
+def fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 200 samples is the 198th)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def workdir(name: str) -> Path:
+    """A fresh `.bench/<name>`; what a previous run left there is removed first."""
+    path = BENCH_ROOT / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@contextmanager
+def running_hub(data_dir: Path, env: dict[str, str]) -> Iterator[LocalHub]:
+    """A `powernode-hub serve` on the embedded default, stopped (children first) however we leave."""
+    hub = LocalHub(data_dir)
+    try:
+        yield hub.start(env, timeout=120)
+    finally:
+        hub.halt_children()
+        hub.stop()
+
+
+def hub_database_url(hub: LocalHub) -> str:
+    """The hub's embedded PostgreSQL, as its superuser: for loading data beside the API."""
+    return PostgresServer(hub.data_dir / "postgres").url("powernode")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGINT to the process we started, SIGKILL to its group if it lingers."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_answer(process: subprocess.Popen[bytes], probe: Callable[[], bool], timeout: float = 30) -> None:
+    """Until `probe()` is true; fail at once if the process died."""
+
+    def ready() -> bool:
+        if not pid_alive(process.pid) or process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
+        try:
+            return probe()
+        except httpx.TransportError:
+            return False
+
+    if not wait_until(ready, timeout, interval=0.1):
+        raise RuntimeError(f"process {process.args!r} did not answer within {timeout:.0f}s")
+
+
+class Stopwatch:
+    """perf_counter seconds since start."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
