@@ -28,4 +28,3 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(policies_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.federation_router, prefix=API_PREFIX)
-    app.add_route(peering_router.HEARTBEAT_PATH, peering_router.heartbeat, methods=["POST"])

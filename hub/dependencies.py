@@ -13,14 +13,14 @@ from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
 
 
-def get_runtime(request: Request) -> HubRuntime:
+async def get_runtime(request: Request) -> HubRuntime:  # async: no thread-pool hop per request
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[HubRuntime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 

@@ -1,38 +1,38 @@
 """Heartbeat ingestion with group commit.
 
 Each heartbeat still waits for its own durable result (the peer's status, possibly just moved
-enrolled/degraded → active), but concurrent heartbeats share one `UPDATE … FROM unnest(…)`:
-one round trip and one commit for a whole batch instead of one per request (DESIGN §8).
+enrolled/degraded → active), but heartbeats that arrive while a commit is in flight share the
+next one: one `UPDATE … FROM unnest(…)` statement, autocommitted, for the whole batch instead of
+one transaction per request (DESIGN §8). At most `connections` statements run at once, on
+connections of its own (no pool reset round trips); when none is in flight a heartbeat goes at
+once, so a quiet hub adds no latency.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
 
+log = logging.getLogger(__name__)
 HEARTBEAT_STATUSES = ("enrolled", "active", "degraded")
 
-_BATCH_UPDATE = text(
-    """
+_BATCH_UPDATE = """
     UPDATE federation_peer AS p SET
         last_heartbeat_at = now(),
         updated_at = CASE WHEN p.status = 'active' THEN p.updated_at ELSE now() END,
         activated_at = CASE WHEN p.status = 'enrolled' THEN now() ELSE p.activated_at END,
         status = CASE WHEN p.status IN ('enrolled', 'degraded') THEN 'active' ELSE p.status END
-    FROM (SELECT DISTINCT ON (id) id, fp
-          FROM unnest(CAST(:ids AS uuid[]), CAST(:fps AS text[])) AS b(id, fp)) AS b
+    FROM (SELECT DISTINCT ON (id) id, fp FROM unnest($1::uuid[], $2::text[]) AS b(id, fp)) AS b
     WHERE p.id = b.id
       AND p.status IN ('enrolled', 'active', 'degraded')
       AND (b.fp IS NULL OR p.client_cert_fingerprint = b.fp)
     RETURNING p.id, p.status, p.last_heartbeat_at
-    """
-)
+"""
 
 
 @dataclass(frozen=True)
@@ -48,58 +48,87 @@ class _Batch:
     waiters: list[tuple[uuid.UUID, asyncio.Future[Beat | None]]] = field(default_factory=list)
 
 
-class HeartbeatBatcher:
-    """Collects heartbeats for up to `max_delay` seconds or `max_batch` of them, then commits once."""
+def asyncpg_dsn(database_url: str) -> str:
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql://" + database_url[len(prefix) :]
+    return database_url
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 512, max_delay: float = 0.002):
-        self._engine = engine
+
+class HeartbeatBatcher:
+    """Commits heartbeats in batches on up to `connections` dedicated connections."""
+
+    def __init__(self, database_url: str, *, connections: int = 2, max_batch: int = 1024):
+        self._dsn = asyncpg_dsn(database_url)
+        self._limit = connections
         self._max_batch = max_batch
-        self._max_delay = max_delay
-        self._batch = _Batch()
-        self._timer: asyncio.TimerHandle | None = None
+        self._pending = _Batch()
+        self._in_flight = 0
+        self._idle: list[asyncpg.Connection] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"HeartbeatBatcher(max_batch={self._max_batch}, max_delay={self._max_delay})"
+        return f"HeartbeatBatcher(connections={self._limit}, in_flight={self._in_flight})"
 
     async def beat(self, peer_id: uuid.UUID, fingerprint: str | None) -> Beat | None:
         """The peer's status after this heartbeat, or None if it may not heartbeat (401)."""
         future: asyncio.Future[Beat | None] = asyncio.get_running_loop().create_future()
-        batch = self._batch
-        batch.ids.append(peer_id)
-        batch.fps.append(fingerprint)
-        batch.waiters.append((peer_id, future))
-        if len(batch.ids) >= self._max_batch:
+        pending = self._pending
+        pending.ids.append(peer_id)
+        pending.fps.append(fingerprint)
+        pending.waiters.append((peer_id, future))
+        if self._in_flight < self._limit or len(pending.ids) >= self._max_batch:
             self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._max_delay, self._flush)
         return await future
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._batch = self._batch, _Batch()
-        if batch.ids:
-            task = asyncio.create_task(self._commit(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        batch, self._pending = self._pending, _Batch()
+        if not batch.ids:
+            return
+        self._in_flight += 1
+        task = asyncio.create_task(self._commit(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._pending.ids and self._in_flight < self._limit:
+            self._flush()
 
     async def _commit(self, batch: _Batch) -> None:
         try:
-            async with self._engine.begin() as conn:
-                rows = (await conn.execute(_BATCH_UPDATE, {"ids": batch.ids, "fps": batch.fps})).all()
+            connection = self._idle.pop() if self._idle else await asyncpg.connect(self._dsn)
+        except Exception as e:
+            return _fail(batch, e)
+        try:
+            rows = await connection.fetch(_BATCH_UPDATE, batch.ids, batch.fps)
         except Exception as e:  # every waiter learns of the failure; none is left hanging
-            for _, future in batch.waiters:
-                if not future.done():
-                    future.set_exception(e)
-            return
-        results: dict[Any, Beat] = {row.id: Beat(row.status, row.last_heartbeat_at) for row in rows}
+            await _discard(connection)
+            return _fail(batch, e)
+        self._idle.append(connection)
+        results = {row["id"]: Beat(row["status"], row["last_heartbeat_at"]) for row in rows}
         for peer_id, future in batch.waiters:
             if not future.done():
                 future.set_result(results.get(peer_id))
 
     async def close(self) -> None:
-        self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await _discard(connection)
+
+
+def _fail(batch: _Batch, error: BaseException) -> None:
+    log.warning("heartbeat batch of %d failed: %s", len(batch.ids), type(error).__name__)
+    for _, future in batch.waiters:
+        if not future.done():
+            future.set_exception(error)
+
+
+async def _discard(connection: asyncpg.Connection) -> None:
+    try:
+        await connection.close(timeout=5)
+    except Exception:  # a broken connection closes badly; it is dropped either way
+        connection.terminate()

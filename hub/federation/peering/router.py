@@ -9,10 +9,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from hub.dependencies import RuntimeDep, SessionDep
-from hub.exceptions import HubError, Unauthorized, Unprocessable
+from hub.exceptions import HubError, ServiceUnavailable, Unauthorized, Unprocessable
+from hub.federation import peering
 from hub.federation.grants import service as grants_service
 from hub.federation.peering import auth
 from hub.federation.peering import service as peering_service
@@ -28,7 +29,7 @@ from shared_contract.enroll import EnrollRequest
 from shared_contract.heartbeat import HeartbeatRequest
 
 router = APIRouter(prefix="/system/federation_api", tags=["federation"])
-HEARTBEAT_PATH = "/api/v1/system/federation_api/heartbeat"
+HEARTBEAT_PATH = peering.HEARTBEAT_PATH
 MAX_HEARTBEAT_BODY = 16 * 1024
 
 
@@ -152,35 +153,59 @@ async def revoke(
 def _batcher(runtime: HubRuntime) -> HeartbeatBatcher:
     batcher = runtime.extras.get("heartbeats")
     if batcher is None:
-        batcher = runtime.extras["heartbeats"] = HeartbeatBatcher(runtime.engine)
+        batcher = runtime.extras["heartbeats"] = HeartbeatBatcher(runtime.settings.database_url())
     return batcher
 
 
-async def heartbeat(request: Request) -> Response:
-    """A live peer says it is alive (plain Starlette: this is the hot path)."""
-    try:
-        identity = peer_identity(request)
-        body = await request.body()
+async def _read_body(receive: Receive) -> bytes:
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
         if len(body) > MAX_HEARTBEAT_BODY:
             raise Unprocessable("request body too large", code="BODY_TOO_LARGE")
-        if body.strip():
-            try:
-                HeartbeatRequest.model_validate(json.loads(body))
-            except (ValueError, ValidationError):
-                raise Unprocessable("invalid heartbeat body", code="INVALID_REQUEST") from None
-        runtime: HubRuntime = request.app.state.runtime
-        beat = await _batcher(runtime).beat(identity.peer_id, identity.cert_fingerprint)
-        if beat is None:
-            raise Unauthorized("A valid peer client certificate is required")
-    except HubError as e:
-        return JSONResponse(error_body(e.message, e.code, e.details), e.status_code)
-    return JSONResponse(
-        envelope(
-            {
-                "status": beat.status,
-                "last_heartbeat_at": beat.last_heartbeat_at.isoformat(),
-                "our_endpoints": [],
-                "schema_compatibility": {"contract_version": 1, "compatible": True},
-            }
-        )
+    return body
+
+
+async def _beat(runtime: HubRuntime, scope: Scope, receive: Receive) -> dict:
+    tls = scope.get("extensions", {}).get("tls") or {}
+    client = scope.get("client")
+    identity = auth.identify(
+        tls_chain=tls.get("client_cert_chain"),
+        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+        client_host=client[0] if client else None,
+        trusted_proxies=runtime.settings.federation.trusted_proxies,
     )
+    body = await _read_body(receive)
+    if body.strip():
+        try:
+            HeartbeatRequest.model_validate(json.loads(body))
+        except (ValueError, ValidationError):
+            raise Unprocessable("invalid heartbeat body", code="INVALID_REQUEST") from None
+    try:
+        beat = await _batcher(runtime).beat(identity.peer_id, identity.cert_fingerprint)
+    except Exception as e:  # the database is away: say so, in the one error shape
+        raise ServiceUnavailable("heartbeat not recorded: the database is unavailable") from e
+    if beat is None:
+        raise Unauthorized("A valid peer client certificate is required")
+    return envelope(
+        {
+            "status": beat.status,
+            "last_heartbeat_at": beat.last_heartbeat_at.isoformat(),
+            "our_endpoints": [],
+            "schema_compatibility": {"contract_version": 1, "compatible": True},
+        }
+    )
+
+
+async def heartbeat(runtime: HubRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    """A live peer says it is alive: raw ASGI, since this is the hot path (DESIGN §8)."""
+    try:
+        status, payload = 200, await _beat(runtime, scope, receive)
+    except HubError as e:
+        status, payload = e.status_code, error_body(e.message, e.code, e.details)
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

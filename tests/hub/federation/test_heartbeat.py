@@ -1,0 +1,69 @@
+"""Enroll and heartbeat through the trusted-proxy client-certificate header."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.config import FederationSettings, Settings
+from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
+
+API = "/api/v1/system/federation_api"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"federation": FederationSettings(trusted_proxies=["127.0.0.1/32"])})
+
+
+async def accepted_child(client, runtime) -> tuple[str, dict[str, str]]:
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "autonomous_peer")
+    accept = await client.post(
+        ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    )
+    return accept.json()["data"]["peer_id"], headers
+
+
+async def test_a_heartbeat_after_enroll_makes_the_peer_active(client, runtime):
+    peer_id, headers = await accepted_child(client, runtime)
+    peer = {"X-Client-S-DN-CN": f"fed:{peer_id}"}
+
+    early = await client.post(f"{API}/heartbeat", headers=peer)
+    enroll = await client.post(
+        f"{API}/enroll", headers=peer, json={"platform_id": "p-1", "platform_url": "http://child.test"}
+    )
+    beat = await client.post(f"{API}/heartbeat", headers=peer)
+
+    assert early.status_code == 401 and early.json()["code"] == "UNAUTHORIZED"
+    assert enroll.status_code == 200 and enroll.json()["data"]["status"] == "enrolled"
+    assert beat.status_code == 200 and beat.json()["data"]["status"] == "active"
+    child = (await client.get(f"{CHILDREN}/{peer_id}", headers=headers)).json()["data"]["child"]
+    assert child["status"] == "active" and child["last_heartbeat_at"] and child["activated_at"]
+
+
+async def test_heartbeats_without_a_live_identity_are_401(client, runtime):
+    peer_id, headers = await accepted_child(client, runtime)
+    peer = {"X-Client-S-DN-CN": f"fed:{peer_id}"}
+    await client.post(
+        f"{API}/enroll", headers=peer, json={"platform_id": "p", "platform_url": "http://c.test"}
+    )
+
+    unknown = await client.post(f"{API}/heartbeat", headers={"X-Client-S-DN-CN": "fed:not-a-peer"})
+    missing = await client.post(f"{API}/heartbeat")
+    bad_body = await client.post(f"{API}/heartbeat", headers=peer, content=b"{not json")
+    await client.post(f"{CHILDREN}/{peer_id}/revoke", headers=headers)
+    revoked = await client.post(f"{API}/heartbeat", headers=peer)
+
+    assert [r.status_code for r in (unknown, missing, revoked)] == [401, 401, 401]
+    assert bad_body.status_code == 422 and bad_body.json()["code"] == "INVALID_REQUEST"
+
+
+async def test_the_header_is_believed_only_from_a_trusted_proxy(client, runtime, settings):
+    peer_id, _ = await accepted_child(client, runtime)
+    runtime.settings = settings.model_copy(update={"federation": FederationSettings(trusted_proxies=[])})
+    response = await client.post(
+        f"{API}/enroll",
+        headers={"X-Client-S-DN-CN": f"fed:{peer_id}"},
+        json={"platform_id": "p", "platform_url": "http://c.test"},
+    )
+    assert response.status_code == 401
