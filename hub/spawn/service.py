@@ -6,6 +6,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict
+from hub.federation.accept import service as accept_service
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
@@ -112,6 +114,9 @@ async def spawn(
         )
         session.add(node)
         await session.flush()
+    spawn_metadata: dict[str, Any] = {"parent_url": request.parent_url, "manual_attach": target.manual_attach}
+    if request.spawn_mode == "managed_child":
+        spawn_metadata |= await accept_service.prepare_held_grant(runtime)
     peer = FederationPeer(
         id=peer_id,
         name=request.name or f"child-{short}",
@@ -121,7 +126,7 @@ async def spawn(
         template_id=template.id,
         region=target.region,
         node_instance_id=node.id if node else None,
-        metadata_={"spawn": {"parent_url": request.parent_url, "manual_attach": target.manual_attach}},
+        metadata_={"spawn": spawn_metadata},
     )
     session.add(peer)
     await session.flush()

@@ -57,13 +57,7 @@ async def _consume(
     """Single use in SQL: the one UPDATE that flips consumed_at wins; everyone else gets nothing."""
     return await session.scalar(
         update(AcceptanceToken)
-        .where(
-            AcceptanceToken.public_id == public_id,
-            AcceptanceToken.secret_hash == secret_hash,
-            AcceptanceToken.consumed_at.is_(None),
-            AcceptanceToken.superseded_at.is_(None),
-            AcceptanceToken.expires_at > utcnow(),
-        )
+        .where(*_consumable(public_id, secret_hash))
         .values(consumed_at=utcnow(), consumed_by=key_fp)
         .returning(AcceptanceToken.peer_id)
     )
@@ -93,9 +87,7 @@ async def _retry_peer(
     return peer
 
 
-async def _mark_accepted(
-    session: AsyncSession, *, peer_id: uuid.UUID, request: AcceptRequest, agreed: int
-) -> FederationPeer:
+def _accepted_values(request: AcceptRequest, agreed: int) -> dict[str, Any]:
     now = utcnow()
     child = request.child
     values: dict[str, Any] = {
@@ -110,10 +102,58 @@ async def _mark_accepted(
         values.update(
             {k: v for k, v in {"remote_platform_id": child.platform_id, "remote_url": child.url}.items() if v}
         )
+    return values
+
+
+def _consumable(public_id: str, secret_hash: str) -> list[Any]:
+    return [
+        AcceptanceToken.public_id == public_id,
+        AcceptanceToken.secret_hash == secret_hash,
+        AcceptanceToken.consumed_at.is_(None),
+        AcceptanceToken.superseded_at.is_(None),
+        AcceptanceToken.expires_at > utcnow(),
+    ]
+
+
+async def _consume_and_accept(
+    session: AsyncSession,
+    *,
+    public_id: str,
+    secret_hash: str,
+    key_fp: str | None,
+    request: AcceptRequest,
+    agreed: int,
+) -> FederationPeer | None:
+    """The common case in one round trip: consume the token and move its peer to accepted.
+
+    None when either did not happen; the caller then rolls back and tells which one it was.
+    """
+    consumed = (
+        update(AcceptanceToken)
+        .where(*_consumable(public_id, secret_hash))
+        .values(consumed_at=utcnow(), consumed_by=key_fp)
+        .returning(AcceptanceToken.peer_id)
+        .cte("consumed")
+    )
+    peers = FederationPeer.__table__
+    statement = (
+        update(peers)
+        .where(peers.c.id == consumed.c.peer_id, peers.c.status == "proposed")
+        .values(**_accepted_values(request, agreed))
+        .returning(*peers.c)
+    )
+    return await session.scalar(
+        select(FederationPeer).from_statement(statement).execution_options(populate_existing=True)
+    )
+
+
+async def _mark_accepted(
+    session: AsyncSession, *, peer_id: uuid.UUID, request: AcceptRequest, agreed: int
+) -> FederationPeer:
     peer = await session.scalar(
         update(FederationPeer)
         .where(FederationPeer.id == peer_id, FederationPeer.status == "proposed")
-        .values(**values)
+        .values(**_accepted_values(request, agreed))
         .returning(FederationPeer)
         .execution_options(populate_existing=True)
     )
@@ -141,10 +181,8 @@ async def _held_grant(
     )
     bearer: str | None
     if grant is None:
-        grant_id = uuid.uuid4()
-        bearer = tokens.issue(tokens.GRANT_BEARER_PREFIX).plaintext
-        await runtime.secrets.put(bearer_secret_path(grant_id), {"bearer": bearer})
-        await session.execute(
+        grant_id, bearer = await _prepared_bearer(runtime, peer)
+        grant = await session.scalar(
             insert(FederationGrant)
             .values(
                 id=grant_id,
@@ -163,8 +201,8 @@ async def _held_grant(
                 },
             )
             .on_conflict_do_nothing()
+            .returning(FederationGrant)
         )
-        grant = await session.get(FederationGrant, grant_id)
         if grant is None:
             raise Conflict("a live managed_child_operator grant already exists", code="GRANT_EXISTS")
     elif grant.state() == "active" and grant.bearer_secret_ref:
@@ -182,6 +220,27 @@ async def _held_grant(
     )
 
 
+async def prepare_held_grant(runtime: HubRuntime) -> dict[str, str]:
+    """At spawn (managed_child): the bearer the parent will hold, stored before anyone accepts, so
+    the accept itself writes no secret. Returns what the spawn keeps in `metadata.spawn`."""
+    grant_id = uuid.uuid4()
+    bearer = tokens.issue(tokens.GRANT_BEARER_PREFIX).plaintext
+    await runtime.secrets.put(bearer_secret_path(grant_id), {"bearer": bearer})
+    return {"held_grant_id": str(grant_id)}
+
+
+async def _prepared_bearer(runtime: HubRuntime, peer: FederationPeer) -> tuple[uuid.UUID, str]:
+    prepared = (peer.metadata_ or {}).get("spawn", {}).get("held_grant_id")
+    if prepared:
+        stored = await runtime.secrets.get(bearer_secret_path(uuid.UUID(prepared)))
+        if stored and stored.get("bearer"):
+            return uuid.UUID(prepared), str(stored["bearer"])
+    grant_id = uuid.uuid4()
+    bearer = tokens.issue(tokens.GRANT_BEARER_PREFIX).plaintext
+    await runtime.secrets.put(bearer_secret_path(grant_id), {"bearer": bearer})
+    return grant_id, bearer
+
+
 def _iso(value: datetime | None) -> str:
     return (value or utcnow()).isoformat()
 
@@ -196,13 +255,17 @@ async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> Ac
         raise Unauthorized(NOT_RECOGNIZED)
     key_fp = ca_service.key_fingerprint(csr.public_key()) if csr is not None else None
     secret_hash = tokens.hash_secret(plaintext)
-    peer_id = await _consume(session, public_id=public_id, secret_hash=secret_hash, key_fp=key_fp)
-    if peer_id is not None:
-        peer = await _mark_accepted(session, peer_id=peer_id, request=request, agreed=agreed)
-        retry = False
-    else:
-        peer = await _retry_peer(session, public_id=public_id, secret_hash=secret_hash, key_fp=key_fp)
-        retry = True
+    token = {"public_id": public_id, "secret_hash": secret_hash}
+    peer = await _consume_and_accept(session, **token, key_fp=key_fp, request=request, agreed=agreed)
+    retry = False
+    if peer is None:  # a used, unknown or expired token, or a peer that may not be accepted
+        await session.rollback()
+        peer_id = await _consume(session, **token, key_fp=key_fp)
+        if peer_id is not None:
+            peer = await _mark_accepted(session, peer_id=peer_id, request=request, agreed=agreed)
+        else:
+            peer = await _retry_peer(session, **token, key_fp=key_fp)
+            retry = True
     response: dict[str, Any] = {
         "peer_id": str(peer.id),
         "status": peer.status,
