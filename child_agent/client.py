@@ -119,8 +119,9 @@ class ParentClient:
                     f"{call.name} to {self.base_url} gave up after {attempts} attempts in "
                     f"{backoff.elapsed:.0f}s; last error: {outcome.reason}"
                 )
-            log.info("%s: attempt %d failed (%s); retrying in %.1fs", call.name, attempts, outcome.reason,
-                     delay)
+            log.info(
+                "%s: attempt %d failed (%s); retrying in %.1fs", call.name, attempts, outcome.reason, delay
+            )
             time.sleep(delay)
 
     def _attempt(
@@ -136,7 +137,9 @@ class ParentClient:
         connect = min(CONNECT_TIMEOUT, max(1.0, backoff.deadline - time.monotonic()))
         try:
             response = self._http.request(
-                method, self.base_url + API_BASE + path, json=body,
+                method,
+                self.base_url + API_BASE + path,
+                json=body,
                 timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=connect),
             )
         except httpx.TransportError as e:

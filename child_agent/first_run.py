@@ -144,8 +144,11 @@ def _cluster_member(
     if credential is not None:
         _hand_over_database_credential(paths, credential, block)
     standby = pg_replica.Standby(
-        options.standby_dir, port=options.standby_port, pg_bin=pg_bin or pg_bin_dir(options.pg_bin),
-        owner=server_user(), login_role=block.username,
+        options.standby_dir,
+        port=options.standby_port,
+        pg_bin=pg_bin or pg_bin_dir(options.pg_bin),
+        owner=server_user(),
+        login_role=block.username,
     )
     wait = _wait(options.max_wait, DEFAULT_CREDENTIAL_WAIT)
     return block, pg_replica.ensure_standby(standby, credential=credential, connect_wait=wait)

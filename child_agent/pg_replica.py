@@ -102,8 +102,23 @@ class Standby:
 
     def _psql(self, role: str, sql: str) -> str:
         argv: list[str | Path] = [
-            self.pg_bin / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", self.socket_dir, "-p", str(self.port), "-U", role, "-d", "postgres", "-c", sql,
+            self.pg_bin / "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.socket_dir,
+            "-p",
+            str(self.port),
+            "-U",
+            role,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
         ]
         return run(argv, owner=self.owner, env={"PGCONNECT_TIMEOUT": "5"}, timeout=30).strip()
 
@@ -144,7 +159,9 @@ def base_backup(standby: Standby, credential: ReplicationCredential, *, connect_
     private_dir(standby.data_dir, standby.owner)
     log.info(
         "taking a base backup from %s:%s through slot %s",
-        credential.primary_host, credential.primary_port, credential.slot_name,
+        credential.primary_host,
+        credential.primary_port,
+        credential.slot_name,
     )
     _pg_basebackup(standby, credential, Backoff.for_seconds(connect_wait))
     _configure(standby)
@@ -154,9 +171,23 @@ def base_backup(standby: Standby, credential: ReplicationCredential, *, connect_
 def _pg_basebackup(standby: Standby, credential: ReplicationCredential, backoff: Backoff) -> None:
     """Retry only while the primary is unreachable (at boot the network may lag); other errors are final."""
     argv: list[str | Path] = [
-        standby.pg_bin / "pg_basebackup", "-D", standby.data_dir, "-h", credential.primary_host,
-        "-p", str(credential.primary_port), "-U", credential.username, "-w", "-R",
-        "-S", credential.slot_name, "-X", "stream", "-c", "fast",
+        standby.pg_bin / "pg_basebackup",
+        "-D",
+        standby.data_dir,
+        "-h",
+        credential.primary_host,
+        "-p",
+        str(credential.primary_port),
+        "-U",
+        credential.username,
+        "-w",
+        "-R",
+        "-S",
+        credential.slot_name,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
     ]
     # LC_MESSAGES=C: the unreachable-primary check below reads the English messages.
     secret_env = {"PGPASSWORD": credential.password, "PGCONNECT_TIMEOUT": "10", "LC_MESSAGES": "C"}
@@ -217,7 +248,15 @@ def start(standby: Standby) -> None:
     private_dir(standby.socket_dir, standby.owner)
     owned_file(standby.log_file, standby.owner)
     argv: list[str | Path] = [
-        standby.pg_bin / "pg_ctl", "start", "-D", standby.data_dir, "-l", standby.log_file, "-w", "-t", "120",
+        standby.pg_bin / "pg_ctl",
+        "start",
+        "-D",
+        standby.data_dir,
+        "-l",
+        standby.log_file,
+        "-w",
+        "-t",
+        "120",
     ]
     try:
         run(argv, owner=standby.owner, timeout=150)

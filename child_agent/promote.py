@@ -40,13 +40,24 @@ def promote(paths: StatePaths, *, force: bool, confirm: Callable[[str], bool]) -
         raise AgentError("promotion cancelled; nothing changed")
     pg_replica.start(standby)
     argv: list[str | Path] = [
-        standby.pg_bin / "pg_ctl", "promote", "-w", "-t", str(int(PROMOTE_TIMEOUT)), "-D", standby.data_dir,
+        standby.pg_bin / "pg_ctl",
+        "promote",
+        "-w",
+        "-t",
+        str(int(PROMOTE_TIMEOUT)),
+        "-D",
+        standby.data_dir,
     ]
     run(argv, owner=standby.owner, timeout=PROMOTE_TIMEOUT + 10)
     _wait_out_of_recovery(standby)
     promoted_at = datetime.now(UTC).isoformat()
-    record = {"promoted_at": promoted_at, "data_dir": str(standby.data_dir), "port": standby.port,
-              "previous_primary": old_primary, "forced": force}
+    record = {
+        "promoted_at": promoted_at,
+        "data_dir": str(standby.data_dir),
+        "port": standby.port,
+        "previous_primary": old_primary,
+        "forced": force,
+    }
     write_json(paths.promotion, record)
     return (
         f"promoted the standby in {standby.data_dir} to a primary on port {standby.port}; recorded in "
@@ -61,8 +72,11 @@ def _recorded_standby(paths: StatePaths) -> tuple[ClusterPgBlock, pg_replica.Sta
     if result.spawn_mode != "cluster_member" or result.standby is None or result.cluster_pg is None:
         raise AgentError(f"this child is a {result.spawn_mode}, not a cluster_member with a standby")
     standby = pg_replica.Standby(
-        Path(result.standby.data_dir), port=result.standby.port, pg_bin=Path(result.standby.pg_bin),
-        owner=server_user(), login_role=result.cluster_pg.username,
+        Path(result.standby.data_dir),
+        port=result.standby.port,
+        pg_bin=Path(result.standby.pg_bin),
+        owner=server_user(),
+        login_role=result.cluster_pg.username,
     )
     return result.cluster_pg, standby
 

@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.spawn_mode == "cluster_member":
         first_run += [
-            "--standby-dir", str(args.work_dir / "standby" / "pgdata"),
-            "--standby-port", str(free_port()),
+            "--standby-dir",
+            str(args.work_dir / "standby" / "pgdata"),
+            "--standby-port",
+            str(free_port()),
         ]
     print(f"[boot] first run: {' '.join(first_run[1:])}", flush=True)
     code = subprocess.call(first_run)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -135,7 +135,7 @@ async def _consume_and_accept(
         .returning(AcceptanceToken.peer_id)
         .cte("consumed")
     )
-    peers = FederationPeer.__table__
+    peers = cast(Table, FederationPeer.__table__)
     statement = (
         update(peers)
         .where(peers.c.id == consumed.c.peer_id, peers.c.status == "proposed")
