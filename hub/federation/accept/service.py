@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -9,11 +10,10 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict, Unauthorized, Unprocessable
 from hub.federation.grants.models import MANAGED_CHILD_OPERATOR, FederationGrant
@@ -163,21 +163,26 @@ async def _mark_accepted(
 
 
 async def _held_grant(
-    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, fresh: bool
 ) -> GrantInfo | None:
     """managed_child: the parent's operator grant on the child, issued once, in this transaction.
 
     Never a second one: once the grant was revoked (mutual emancipation), a retried accept does
     not mint the parent a new bearer.
     """
-    grant = await session.scalar(
-        select(FederationGrant)
-        .where(
-            FederationGrant.peer_id == peer.id,
-            FederationGrant.direction == "held",
-            FederationGrant.resource_kind == MANAGED_CHILD_OPERATOR,
+    # A peer that was proposed a moment ago in this transaction cannot have one yet.
+    grant = (
+        None
+        if fresh
+        else await session.scalar(
+            select(FederationGrant)
+            .where(
+                FederationGrant.peer_id == peer.id,
+                FederationGrant.direction == "held",
+                FederationGrant.resource_kind == MANAGED_CHILD_OPERATOR,
+            )
+            .order_by(FederationGrant.created_at.desc())
         )
-        .order_by(FederationGrant.created_at.desc())
     )
     bearer: str | None
     if grant is None:
@@ -241,6 +246,21 @@ async def _prepared_bearer(runtime: HubRuntime, peer: FederationPeer) -> tuple[u
     return grant_id, bearer
 
 
+# The certificate's fingerprint and the audit event in one round trip (accept is a hot path).
+_SIGNED_AND_AUDITED = text(
+    """
+    WITH signed AS (
+        UPDATE federation_peer
+        SET client_cert_fingerprint = CAST(:fingerprint AS text),
+            client_cert_serial = CAST(:serial AS text), signed_at = now()
+        WHERE id = CAST(:peer_id AS uuid) AND CAST(:fingerprint AS text) IS NOT NULL
+    )
+    INSERT INTO audit_event (actor, action, target, outcome, details)
+    VALUES (:actor, :action, CAST(:peer_id AS text), 'success', CAST(:details AS jsonb))
+    """
+)
+
+
 def _iso(value: datetime | None) -> str:
     return (value or utcnow()).isoformat()
 
@@ -276,35 +296,31 @@ async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> Ac
         "spawn_mode": peer.spawn_mode,
         "parent_platform_url": runtime.settings.public_url,
     }
+    fingerprint = serial = None
     if csr is not None:
         cert = runtime.ca.sign_peer_csr(csr, peer_id=peer.id)
-        fingerprint = ca_service.cert_fingerprint(cert)
-        await session.execute(
-            update(FederationPeer)
-            .where(FederationPeer.id == peer.id)
-            .values(
-                client_cert_fingerprint=fingerprint,
-                client_cert_serial=format(cert.serial_number, "x"),
-                signed_at=utcnow(),
-            )
-        )
+        fingerprint, serial = ca_service.cert_fingerprint(cert), format(cert.serial_number, "x")
         response.update(
             client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
             ca_chain_pem=runtime.ca.chain_pem,
             client_cert_fingerprint=fingerprint,
         )
     if peer.spawn_mode == "managed_child":
-        response["grant"] = await _held_grant(session, runtime=runtime, peer=peer)
+        response["grant"] = await _held_grant(session, runtime=runtime, peer=peer, fresh=not retry)
     if peer.spawn_mode == "cluster_member":
         from hub.replication import service as replication_service
 
         response.update(await replication_service.accept_additions(session, runtime=runtime, peer=peer))
-    await audit_service.record(
-        session,
-        actor=f"peer:{peer.id}",
-        action="child.accept.retry" if retry else "child.accept",
-        target=str(peer.id),
-        details={"token_public_id": public_id, "key_bound": key_fp is not None},
+    await session.execute(
+        _SIGNED_AND_AUDITED,
+        {
+            "peer_id": peer.id,
+            "fingerprint": fingerprint,
+            "serial": serial,
+            "actor": f"peer:{peer.id}",
+            "action": "child.accept.retry" if retry else "child.accept",
+            "details": json.dumps({"token_public_id": public_id, "key_bound": key_fp is not None}),
+        },
     )
     await session.commit()
     metrics.accepted(retry=retry)
