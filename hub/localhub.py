@@ -29,6 +29,19 @@ def hub_command() -> list[str]:
     return [str(script)] if script.exists() else [shutil.which("powernode-hub") or "powernode-hub"]
 
 
+def serve_command(data_dir: Path, port: int, federation_port: int) -> list[str]:
+    return [
+        *hub_command(),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--federation-port",
+        str(federation_port),
+    ]
+
+
 def hub_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment without hub configuration: the embedded default, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
@@ -57,16 +70,7 @@ class LocalHub:
         return f"https://127.0.0.1:{self.federation_port}"
 
     def start(self, env: dict[str, str] | None = None, timeout: float = 90) -> LocalHub:
-        command = [
-            *hub_command(),
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            "--federation-port",
-            str(self.federation_port),
-        ]
+        command = serve_command(self.data_dir, self.port, self.federation_port)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

@@ -6,18 +6,13 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from hub.embedded.process import free_port
+from hub.localhub import serve_command
 
 _CONFIG_PREFIXES = ("DATABASE_", "REDIS_", "VAULT_", "POWERNODE_")
-
-
-def hub_command() -> list[str]:
-    script = Path(sys.executable).with_name("powernode-hub")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "hub.cli"]
 
 
 class ServeProcess:
@@ -44,16 +39,7 @@ class ServeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
         with self.stderr_file.open("a") as stderr:
             self.process = subprocess.Popen(
-                [
-                    *hub_command(),
-                    "serve",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--port",
-                    str(self.port),
-                    "--federation-port",
-                    str(self.federation_port),
-                ],
+                serve_command(self.data_dir, self.port, self.federation_port),
                 cwd=self.data_dir.parent,
                 env=env,
                 stdin=subprocess.DEVNULL,
