@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta
-from typing import Any, cast
+from datetime import datetime
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
-from sqlalchemy import Table, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.database import utcnow
@@ -115,6 +114,30 @@ def _consumable(public_id: str, secret_hash: str) -> list[Any]:
     ]
 
 
+_CONSUME_AND_ACCEPT = """
+    WITH consumed AS (
+        UPDATE acceptance_token SET consumed_at = now(), consumed_by = $3
+        WHERE public_id = $1 AND secret_hash = $2 AND consumed_at IS NULL
+          AND superseded_at IS NULL AND expires_at > now()
+        RETURNING peer_id
+    )
+    UPDATE federation_peer AS p SET
+        status = 'accepted', accepted_at = now(), updated_at = now(), contract_version = $4,
+        endpoints = $5::jsonb, capabilities = $6::jsonb,
+        remote_platform_id = coalesce($7, p.remote_platform_id), remote_url = coalesce($8, p.remote_url)
+    FROM consumed
+    WHERE p.id = consumed.peer_id AND p.status = 'proposed'
+    RETURNING p.id, p.name, p.peer_kind, p.spawn_role, p.spawn_mode, p.status, p.contract_version,
+              p.accepted_at, p.metadata
+"""
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection of this session's transaction: the hot path skips the ORM."""
+    connection = await session.connection()
+    return (await connection.get_raw_connection()).driver_connection
+
+
 async def _consume_and_accept(
     session: AsyncSession,
     *,
@@ -126,25 +149,27 @@ async def _consume_and_accept(
 ) -> FederationPeer | None:
     """The common case in one round trip: consume the token and move its peer to accepted.
 
-    None when either did not happen; the caller then rolls back and tells which one it was.
+    None when either did not happen; the caller then rolls back and tells which one it was. The
+    peer comes back as a detached FederationPeer holding what accept needs.
     """
-    consumed = (
-        update(AcceptanceToken)
-        .where(*_consumable(public_id, secret_hash))
-        .values(consumed_at=utcnow(), consumed_by=key_fp)
-        .returning(AcceptanceToken.peer_id)
-        .cte("consumed")
+    child = request.child
+    row = await (await _driver(session)).fetchrow(
+        _CONSUME_AND_ACCEPT,
+        public_id,
+        secret_hash,
+        key_fp,
+        agreed,
+        json.dumps([e.model_dump(exclude_none=True) for e in request.endpoints]),
+        json.dumps(request.capabilities),
+        child.platform_id if child else None,
+        child.url if child else None,
     )
-    peers = cast(Table, FederationPeer.__table__)
-    statement = (
-        update(peers)
-        .where(peers.c.id == consumed.c.peer_id, peers.c.status == "proposed")
-        .values(**_accepted_values(request, agreed))
-        .returning(*peers.c)
-    )
-    return await session.scalar(
-        select(FederationPeer).from_statement(statement).execution_options(populate_existing=True)
-    )
+    if row is None:
+        return None
+    metadata = row["metadata"]
+    fields = dict(row) | {"metadata_": json.loads(metadata) if isinstance(metadata, str) else metadata}
+    del fields["metadata"]
+    return FederationPeer(**fields)
 
 
 async def _mark_accepted(
@@ -160,6 +185,17 @@ async def _mark_accepted(
     if peer is None:
         raise Unprocessable("Transition to accepted is not allowed for this peer", code="INVALID_TRANSITION")
     return peer
+
+
+HELD_SCOPES = ("read", "write", "admin")
+_INSERT_HELD_GRANT = """
+    INSERT INTO federation_grant (id, peer_id, direction, resource_kind, remote_subject,
+        permission_scopes, allowlists, bearer_secret_ref, metadata, created_at, expires_at)
+    VALUES ($1, $2, 'held', 'managed_child_operator', $3, '["read", "write", "admin"]'::jsonb,
+        '{}'::jsonb, $4, $5::jsonb, now(), now() + make_interval(days => $6))
+    ON CONFLICT DO NOTHING
+    RETURNING expires_at
+"""
 
 
 async def _held_grant(
@@ -187,30 +223,32 @@ async def _held_grant(
     bearer: str | None
     if grant is None:
         grant_id, bearer = await _prepared_bearer(runtime, peer)
-        grant = await session.scalar(
-            insert(FederationGrant)
-            .values(
-                id=grant_id,
-                peer_id=peer.id,
-                direction="held",
-                resource_kind=MANAGED_CHILD_OPERATOR,
-                remote_subject=f"parent-operator@{peer.id}",
-                permission_scopes=["read", "write", "admin"],
-                allowlists={},
-                bearer_secret_ref=bearer_secret_path(grant_id),
-                expires_at=utcnow() + timedelta(days=runtime.settings.federation.grant_ttl_days),
-                metadata={
+        row = await (await _driver(session)).fetchrow(
+            _INSERT_HELD_GRANT,
+            grant_id,
+            peer.id,
+            f"parent-operator@{peer.id}",
+            bearer_secret_path(grant_id),
+            json.dumps(
+                {
                     "auto_issued_by": "managed_child_accept_cascade",
                     "spawn_mode": peer.spawn_mode,
                     "spawn_role": peer.spawn_role,
-                },
-            )
-            .on_conflict_do_nothing()
-            .returning(FederationGrant)
+                }
+            ),
+            runtime.settings.federation.grant_ttl_days,
         )
-        if grant is None:
+        if row is None:
             raise Conflict("a live managed_child_operator grant already exists", code="GRANT_EXISTS")
-    elif grant.state() == "active" and grant.bearer_secret_ref:
+        return GrantInfo(
+            id=str(grant_id),
+            resource_kind=MANAGED_CHILD_OPERATOR,
+            permission_scopes=list(HELD_SCOPES),
+            remote_subject=f"parent-operator@{peer.id}",
+            expires_at=row["expires_at"].isoformat(),
+            bearer_token=bearer,
+        )
+    if grant.state() == "active" and grant.bearer_secret_ref:
         stored = await runtime.secrets.get(grant.bearer_secret_ref)
         bearer = stored["bearer"] if stored else None
     else:
