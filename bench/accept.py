@@ -27,10 +27,11 @@ from bench.wrk import run_wrk
 from hub.localhub import LocalHub
 from shared_contract.version import CONTRACT_VERSION
 
-CHILDREN = int(os.environ.get("BENCH_ACCEPT_CHILDREN", "1500"))
-SECONDS = 3  # wrk runs this long; CHILDREN tokens are enough for it at well over the target rate
-WARMUP = 16
+CHILDREN = int(os.environ.get("BENCH_ACCEPT_CHILDREN", "3600"))
+SECONDS = 5  # wrk runs this long; CHILDREN tokens are enough for it at well over the target rate
+WARMUP = 96  # enough to warm every pooled connection's prepared statements
 CLIENTS = 32
+THREADS = 2
 SPAWN_CONCURRENCY = 8
 MODE = "managed_child"
 TARGET_RATE = 300.0
@@ -90,7 +91,7 @@ async def accept_all(url: str, bodies: list[dict[str, Any]], clients: int) -> tu
         return clock(), latencies
 
 
-def accept_script(path: Path, bodies: list[dict[str, Any]]) -> Path:
+def accept_script(path: Path, bodies: list[dict[str, Any]], threads: int) -> Path:
     """A wrk script POSTing each accept body once: thread k takes bodies k, k+T, k+2T, …"""
     listed = ",\n".join(f"[==[{json.dumps(body)}]==]" for body in bodies)
     path.write_text(
@@ -104,7 +105,7 @@ function setup(thread)
 end
 function init(args)
   i = first
-  step = threads
+  step = {threads}
 end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -130,13 +131,13 @@ def run() -> Result:
             {"acceptance_token": token, "contract_version": CONTRACT_VERSION, "csr_pem": make_csr()}
             for token in tokens
         ]
-        asyncio.run(accept_all(hub.url, bodies[:WARMUP], clients=4))
-        script = accept_script(base / "accept.lua", bodies[WARMUP:])
+        asyncio.run(accept_all(hub.url, bodies[:WARMUP], clients=CLIENTS))
+        script = accept_script(base / "accept.lua", bodies[WARMUP:], THREADS)
         with cpu_window(watch=hub.process.pid if hub.process else None) as cpu:
-            run = run_wrk(hub.url, script, threads=2, connections=CLIENTS, seconds=SECONDS)
+            run = run_wrk(hub.url, script, threads=THREADS, connections=CLIENTS, seconds=SECONDS)
     result.say(
-        f"wrk -t2 -c{CLIENTS} -d{SECONDS}s: {run.requests} accepts (EC P-256 CSR signed, {MODE} grant "
-        f"issued, each token once), plain HTTP port; {WARMUP} warm-up accepts not counted"
+        f"wrk -t{THREADS} -c{CLIENTS} -d{SECONDS}s: {run.requests} accepts (EC P-256 CSR signed, "
+        f"{MODE} grant issued, each token once), plain HTTP port; {WARMUP} warm-up accepts not counted"
     )
     result.say(
         f"{run.rate:.0f} accepts/s; latency p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms; "
