@@ -34,6 +34,9 @@ demo: $(STAMP)
 	$(BIN)/python -m hub.demo
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends wrk >/dev/null; } || \
+		echo "wrk is not installed and cannot be installed here: the heartbeat and accept benchmarks need it"
 	$(BIN)/python -m bench
 
 clean:
