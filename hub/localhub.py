@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from hub.embedded.process import free_port, pid_alive, wait_until
+from hub.embedded.process import free_port, wait_until
+from hub.provisioning import local as local_provisioner
 
 API = "/api/v1/system/federation"
 _CONFIG_PREFIXES = ("DATABASE_", "REDIS_", "VAULT_", "POWERNODE_")
@@ -150,22 +151,9 @@ class LocalHub:
             halt_node(node)
 
 
-def boot_pid(node_dir: Path) -> int | None:
-    try:
-        return int((node_dir / "boot.pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def halt_node(node_dir: Path, timeout: float = 60) -> None:
-    """Stop a local "VM" as the provisioner does: SIGTERM its boot process, then its group."""
-    pid = boot_pid(node_dir)
-    if not pid_alive(pid):
-        return
-    assert pid is not None
-    os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not pid_alive(pid), timeout):
-        os.killpg(pid, signal.SIGKILL)
+    """Stop a local "VM" as the provisioner does."""
+    local_provisioner.halt(node_dir, timeout)
 
 
 def serve_state(data_dir: Path) -> dict[str, Any]:

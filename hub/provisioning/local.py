@@ -108,26 +108,45 @@ class LocalProvisioner:
         shutil.rmtree(node.work_dir, ignore_errors=True)
 
     def _pid(self, node: NodeSpec) -> int | None:
-        try:
-            return int((node.work_dir / "boot.pid").read_text())
-        except (OSError, ValueError):
-            return None
+        return _read_pid(node.work_dir / "boot.pid")
 
-    def _halt(self, node: NodeSpec, timeout: float = 60.0) -> None:
-        """SIGTERM the boot process (the child hub stops its own PostgreSQL and Redis)."""
-        pid = self._pid(node)
-        if not pid_alive(pid):
-            return
-        assert pid is not None
+    def _halt(self, node: NodeSpec) -> None:
+        halt(node.work_dir)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stop(pid: int | None, sig: int, *, group_kill: bool, timeout: float) -> None:
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    if not wait_until(lambda: not pid_alive(pid), timeout):
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL) if group_kill else os.kill(pid, signal.SIGQUIT)
         except ProcessLookupError:
-            return
-        if not wait_until(lambda: not pid_alive(pid), timeout):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
+
+
+def halt(work_dir: Path, timeout: float = 60.0) -> None:
+    """Power the "VM" off: SIGTERM the boot process (the child hub stops its own PostgreSQL and
+    Redis), then a cluster_member's standby, which the agent started and nothing else owns here
+    (SIGINT is PostgreSQL's fast shutdown; SIGQUIT its immediate one)."""
+    _stop(_read_pid(work_dir / "boot.pid"), signal.SIGTERM, group_kill=True, timeout=timeout)
+    _stop(
+        _read_pid(work_dir / "standby" / "pgdata" / "postmaster.pid"),
+        signal.SIGINT,
+        group_kill=False,
+        timeout=timeout,
+    )
 
 
 def child_data_dir(work_dir: Path) -> Path:
