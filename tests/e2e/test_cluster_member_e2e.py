@@ -13,9 +13,10 @@ import asyncpg
 
 from hub.config import Settings
 from hub.embedded.postgres import PostgresServer
+from hub.embedded.process import pid_alive
 from hub.federation import bootstrap, member
 from shared_contract.first_run import FirstRunResult
-from tests.e2e.hubs import Hub, hub_env
+from tests.e2e.hubs import Hub, halt_node, hub_env
 
 TEMPLATE = "powernode-hub-cluster-member"
 
@@ -101,3 +102,7 @@ async def test_promotion_needs_force_while_the_primary_answers_then_makes_the_me
     settings = await asyncio.to_thread(member.configure, Settings(data_dir=node / "data"))
     assert settings.database.url is not None
     assert f":{result.standby.port}/" in settings.database.url.get_secret_value()
+
+    postmaster = int((node / "standby" / "pgdata" / "postmaster.pid").read_text().split()[0])
+    await asyncio.to_thread(halt_node, node)
+    assert not pid_alive(postmaster)  # powering the "VM" off stops what its agent started
