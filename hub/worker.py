@@ -46,8 +46,12 @@ async def heartbeat_loop(runtime: HubRuntime) -> None:
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx.get("settings") or get_settings()
-    runtime = ctx["runtime"] = await HubRuntime.open(settings)
+    """Use the process's runtime when one was handed over (serve), else open this worker's own."""
+    runtime: HubRuntime | None = ctx.get("runtime")
+    if runtime is None:
+        settings: Settings = ctx.get("settings") or get_settings()
+        runtime = ctx["runtime"] = await HubRuntime.open(settings)
+        ctx["owns_runtime"] = True
     if ctx.get("heartbeats", True):
         ctx["heartbeat_task"] = asyncio.create_task(heartbeat_loop(runtime))
 
@@ -59,7 +63,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     runtime: HubRuntime | None = ctx.get("runtime")
-    if runtime is not None:
+    if runtime is not None and ctx.get("owns_runtime"):
         await runtime.close()
 
 
@@ -67,29 +71,27 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 # cluster_member node's hub does not have: it runs on its own queue, consumed only by workers of
 # nodes with primary duties. Everything else is platform work any node's worker may take.
 FUNCTIONS: list[Any] = []
+
+
+def _job(function: Any, name: str, max_tries: int) -> Any:
+    return func(function, name=name, max_tries=max_tries)
+
+
 PRIMARY_FUNCTIONS: list[Any] = [
-    func(
+    _job(
         replication_jobs.cluster_member_pg_replica_setup,
-        name=replication_jobs.SETUP_JOB,
-        max_tries=replication_jobs.MAX_TRIES,
+        replication_jobs.SETUP_JOB,
+        replication_jobs.MAX_TRIES,
     ),
-    func(
+    _job(
         replication_jobs.cluster_member_pg_replica_teardown,
-        name=replication_jobs.TEARDOWN_JOB,
-        max_tries=replication_jobs.MAX_TRIES,
+        replication_jobs.TEARDOWN_JOB,
+        replication_jobs.MAX_TRIES,
     ),
     # Grants, policy pushes and revoke notices use this platform's federation CA and secret store,
     # which a cluster_member node (its own CA, its own local store) does not hold.
-    func(
-        policies_jobs.intervention_policy_cascade,
-        name=policies_jobs.CASCADE_JOB,
-        max_tries=policies_jobs.MAX_TRIES,
-    ),
-    func(
-        peers_jobs.federation_peer_revoke_notice,
-        name=peers_jobs.REVOKE_NOTICE_JOB,
-        max_tries=peers_jobs.MAX_TRIES,
-    ),
+    _job(policies_jobs.intervention_policy_cascade, policies_jobs.CASCADE_JOB, policies_jobs.MAX_TRIES),
+    _job(peers_jobs.federation_peer_revoke_notice, peers_jobs.REVOKE_NOTICE_JOB, peers_jobs.MAX_TRIES),
 ]
 
 
@@ -124,10 +126,17 @@ def primary_cron_jobs(settings: Settings) -> list[CronJob]:
     ]
 
 
-def worker_settings(settings: Settings, *, heartbeats: bool = True, primary: bool = False) -> dict[str, Any]:
+def worker_settings(
+    settings: Settings,
+    *,
+    heartbeats: bool = True,
+    primary: bool = False,
+    runtime: HubRuntime | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker`: the platform queue, or (`primary`) the primary's duties.
 
-    The heartbeat sender runs beside the platform worker only, so one process sends one.
+    The heartbeat sender runs beside the platform worker only, so one process sends one. Workers
+    in one process share `runtime` (one engine, one Redis pool, one CA) when it is given.
     """
     return {
         "functions": instrumented(PRIMARY_FUNCTIONS if primary else FUNCTIONS),
@@ -136,6 +145,6 @@ def worker_settings(settings: Settings, *, heartbeats: bool = True, primary: boo
         "on_shutdown": on_shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url()),
         "queue_name": PRIMARY_QUEUE if primary else queue_name(),
-        "ctx": {"settings": settings, "heartbeats": heartbeats and not primary},
+        "ctx": {"settings": settings, "heartbeats": heartbeats and not primary, "runtime": runtime},
         "handle_signals": False,
     }

@@ -178,7 +178,7 @@ async def _serve(
         # Start-up leaves ~150k long-lived objects; a full collection over them stalls every
         # request in flight for ~100 ms. Frozen, they are never scanned again.
         gc.freeze()
-        await _supervise(stop, _workers_for(settings) if worker else [], tasks, api, federation)
+        await _supervise(stop, _workers_for(settings, runtime) if worker else [], tasks, api, federation)
     finally:
         (settings.data_dir / SERVE_FILE).unlink(missing_ok=True)
         await runtime.close()
@@ -186,7 +186,11 @@ async def _serve(
 
 async def _worker(settings: Settings) -> None:
     stop = _stop_event()
-    await _supervise(stop, _workers_for(settings), {})
+    runtime = await HubRuntime.open(settings)
+    try:
+        await _supervise(stop, _workers_for(settings, runtime), {})
+    finally:
+        await runtime.close()
 
 
 async def _prepare_schema(settings: Settings, *, embedded: bool) -> None:
@@ -288,11 +292,12 @@ async def _supervise(
         raise StartupError(f"the {running[task]} stopped: {error or 'no reason given'}")
 
 
-def _workers_for(settings: Settings) -> list[arq.Worker]:
-    """The platform queue's worker, and the primary-duties worker unless this node has none."""
-    workers = [arq.Worker(**worker_settings(settings))]
+def _workers_for(settings: Settings, runtime: HubRuntime) -> list[arq.Worker]:
+    """The platform queue's worker, and the primary-duties worker unless this node has none;
+    both on this process's runtime rather than one each."""
+    workers = [arq.Worker(**worker_settings(settings, runtime=runtime))]
     if settings.primary_duties:
-        workers.append(arq.Worker(**worker_settings(settings, primary=True)))
+        workers.append(arq.Worker(**worker_settings(settings, primary=True, runtime=runtime)))
     return workers
 
 
