@@ -10,6 +10,11 @@ from tests.hub.helpers import SPAWN, operator_headers, spawn_body
 
 
 async def add_qemu_template(runtime, tmp_path, **vm):
+    # A QEMU binary that exists (it is never started: the spawn fails before), so these tests hold
+    # on a machine without QEMU too.
+    binary = tmp_path / "qemu-system-x86_64"
+    binary.write_text("#!/bin/sh\nexit 1\n")
+    binary.chmod(0o755)
     async with runtime.sessionmaker() as session:
         session.add(
             NodeTemplate(
@@ -18,7 +23,12 @@ async def add_qemu_template(runtime, tmp_path, **vm):
                 description="",
                 provisioner="qemu",
                 modules=["powernode-hub-backend", "powernode-hub-worker", "powernode-postgres"],
-                vm={"kernel": str(tmp_path / "no-such-vmlinuz"), "memory_mb": 256, **vm},
+                vm={
+                    "kernel": str(tmp_path / "no-such-vmlinuz"),
+                    "memory_mb": 256,
+                    "qemu_binary": str(binary),
+                    **vm,
+                },
             )
         )
         await session.commit()
