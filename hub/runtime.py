@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hub import database
 from hub.config import Settings
+from hub.jobcodec import ARQ_CODEC
 from hub.secrets import ca as ca_service
 from hub.secrets.store import SecretStore, open_store
 
@@ -32,7 +33,7 @@ class HubRuntime:
             max_overflow=settings.database.max_overflow,
         )
         redis = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url()), default_queue_name=queue_name()
+            RedisSettings.from_dsn(settings.redis_url()), default_queue_name=queue_name(), **ARQ_CODEC
         )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         secrets = open_store(settings)

@@ -17,6 +17,7 @@ from hub.federation.findings.jobs import federation_findings_sweep
 from hub.federation.grants import jobs as grants_jobs
 from hub.federation.peers import jobs as peers_jobs
 from hub.federation.policies import jobs as policies_jobs
+from hub.jobcodec import ARQ_CODEC
 from hub.observability.jobs import instrumented
 from hub.replication import jobs as replication_jobs
 from hub.runtime import PRIMARY_QUEUE, HubRuntime, queue_name
@@ -147,4 +148,5 @@ def worker_settings(
         "queue_name": PRIMARY_QUEUE if primary else queue_name(),
         "ctx": {"settings": settings, "heartbeats": heartbeats and not primary, "runtime": runtime},
         "handle_signals": False,
+        **ARQ_CODEC,
     }
