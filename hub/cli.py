@@ -16,12 +16,13 @@ from hub import migrate, operator_cli
 from hub.config import Settings, UnsafeProduction
 from hub.database import create_engine, create_sessionmaker, session_scope
 from hub.embedded.process import EmbeddedError
-from hub.embedded.serve import StartupError, run_worker, serve
 from hub.embedded.services import EmbeddedServices
+from hub.federation import bootstrap
 from hub.observability import logging as hub_logging
 from hub.observability.redaction import secret_values
 from hub.operators import service as operators_service
 from hub.operators.permissions import ALL_PERMISSIONS, ROLES
+from hub.supervision.serve import StartupError, run_worker, serve
 
 log = logging.getLogger("hub.cli")
 
@@ -186,6 +187,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         port=args.port,
         federation_port=args.federation_port,
         worker=not args.no_worker,
+        on_start=[bootstrap.ingest_first_run],
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from hub.federation.peering.client import PeerCallFailed, PeerClient, PeerCreden
 from hub.federation.peers.models import FederationPeer
 from hub.runtime import HubRuntime
 from hub.secrets import tokens
+from hub.supervision import announce
 from shared_contract.accept import Endpoint
 from shared_contract.enroll import EnrollRequest
 from shared_contract.first_run import FirstRunResult
@@ -197,25 +197,7 @@ async def _enroll_request(runtime: HubRuntime, parent: FederationPeer) -> Enroll
 
 def _federation_url(runtime: HubRuntime) -> str | None:
     """The HTTPS listener `serve` announced in serve.json (None under a bare `worker`, or too early)."""
-    from hub.embedded.serve import SERVE_FILE  # serve imports this module
-
-    try:
-        url = json.loads((runtime.settings.data_dir / SERVE_FILE).read_text()).get("federation_url")
-    except (OSError, ValueError):
-        return None
-    return str(url) if url else None
-
-
-def parent_ca_pem(runtime: HubRuntime) -> str:
-    """The CA chain of the parent that spawned us ('' if none): our listener trusts its calls."""
-    path = first_run_result_path(runtime)
-    if not path.exists():
-        return ""
-    ca_chain_path = FirstRunResult.read(path).ca_chain_path
-    try:
-        return Path(ca_chain_path).read_text() if ca_chain_path else ""
-    except OSError:
-        return ""
+    return announce.federation_url(runtime.settings.data_dir)
 
 
 async def _set_status(runtime: HubRuntime, peer_id: uuid.UUID, status: str | None, **values: Any) -> None:

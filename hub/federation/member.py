@@ -34,6 +34,18 @@ def result_path(settings: Settings) -> Path:
     return settings.first_run_result or settings.data_dir / "agent" / "first-run-result.json"
 
 
+def parent_ca_pem(settings: Settings) -> str:
+    """The CA chain of the parent that spawned this node ('' if none): our listener trusts its calls."""
+    path = result_path(settings)
+    if not path.exists():
+        return ""
+    ca_chain_path = FirstRunResult.read(path).ca_chain_path
+    try:
+        return Path(ca_chain_path).read_text() if ca_chain_path else ""
+    except OSError:
+        return ""
+
+
 def _member_result(settings: Settings) -> FirstRunResult | None:
     path = result_path(settings)
     if not path.exists():

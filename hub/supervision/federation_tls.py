@@ -16,7 +16,7 @@ import uvicorn
 
 from hub.config import Settings
 from hub.embedded.process import write_private
-from hub.federation import bootstrap
+from hub.federation import member
 from hub.runtime import HubRuntime
 from hub.tls import ClientCertHttpToolsProtocol
 
@@ -33,7 +33,7 @@ def write_tls_files(runtime: HubRuntime, settings: Settings) -> tuple[Path, Path
     cert_pem, key_pem = runtime.ca.issue_server_cert(hosts, days=90)
     ca_file, cert_file, key_file = directory / "ca.crt", directory / "server.crt", directory / "server.key"
     # A spawned child also trusts its parent's CA: the parent calls it with a certificate from it.
-    ca_file.write_text(runtime.ca.chain_pem + bootstrap.parent_ca_pem(runtime))
+    ca_file.write_text(runtime.ca.chain_pem + member.parent_ca_pem(settings))
     cert_file.write_text(cert_pem + runtime.ca.chain_pem)
     write_private(key_file, key_pem)
     return ca_file, cert_file, key_file

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,22 +27,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from hub import migrate
 from hub.config import Settings
 from hub.database import session_scope
-from hub.embedded import federation_tls
 from hub.embedded.process import write_private
 from hub.embedded.services import EmbeddedServices
-from hub.federation import bootstrap, member
+from hub.federation import member
 from hub.main import create_app
 from hub.observability import logging as hub_logging
 from hub.observability import metrics
 from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
 from hub.secrets.store import exclusive_lock
+from hub.supervision import announce, federation_tls
 from hub.worker import worker_settings
 
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "operator-token"
-SERVE_FILE = "serve.json"
+StartHook = Callable[[HubRuntime], Awaitable[Any]]
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -69,9 +68,18 @@ class _ApiServer(uvicorn.Server):
 
 
 def serve(
-    settings: Settings, *, host: str, port: int, federation_port: int | None = None, worker: bool = True
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    federation_port: int | None = None,
+    worker: bool = True,
+    on_start: Sequence[StartHook] = (),
 ) -> None:
-    """Run until SIGINT/SIGTERM (`worker=False`: the API alone); raises StartupError or EmbeddedError."""
+    """Run until SIGINT/SIGTERM (`worker=False`: the API alone); raises StartupError or EmbeddedError.
+
+    `on_start` runs once the runtime is open, before the API listens (the child-side bootstrap
+    ingests its first-run result there)."""
     settings = member.configure(settings)
     settings.check_production()
     if not settings.embedded and settings.redis.url is None:
@@ -93,7 +101,16 @@ def serve(
             services.start()
             settings = with_embedded_urls(settings, services)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(settings, listener, tls_listener, embedded=services is not None, worker=worker))
+            runner.run(
+                _serve(
+                    settings,
+                    listener,
+                    tls_listener,
+                    embedded=services is not None,
+                    worker=worker,
+                    on_start=on_start,
+                )
+            )
     except KeyboardInterrupt:
         log.info("interrupted; stopping")
     finally:
@@ -149,7 +166,13 @@ def with_embedded_urls(settings: Settings, services: EmbeddedServices) -> Settin
 
 
 async def _serve(
-    settings: Settings, listener: socket.socket, tls_listener: socket.socket, *, embedded: bool, worker: bool
+    settings: Settings,
+    listener: socket.socket,
+    tls_listener: socket.socket,
+    *,
+    embedded: bool,
+    worker: bool,
+    on_start: Sequence[StartHook],
 ) -> None:
     stop = _stop_event()
     await _prepare_schema(settings, embedded=embedded)
@@ -157,7 +180,8 @@ async def _serve(
     runtime = await HubRuntime.open(settings)
     try:
         token_file = await _first_start_token(settings, runtime) if embedded else None
-        await bootstrap.ingest_first_run(runtime)
+        for hook in on_start:
+            await hook(runtime)
         app = create_app(settings, runtime)
         config = uvicorn.Config(
             app,
@@ -180,7 +204,7 @@ async def _serve(
         gc.freeze()
         await _supervise(stop, _workers_for(settings, runtime) if worker else [], tasks, api, federation)
     finally:
-        (settings.data_dir / SERVE_FILE).unlink(missing_ok=True)
+        announce.clear(settings.data_dir)
         await runtime.close()
 
 
@@ -253,7 +277,7 @@ async def _announce(
         print(f"Operator token: {token_file}", flush=True)
     # The operator commands (`powernode-hub spawn` …) find this hub through it.
     state = {"url": url, "federation_url": federation_url, "pid": os.getpid()}
-    write_private(data_dir / SERVE_FILE, json.dumps(state) + "\n")
+    announce.write(data_dir, state)
     await asyncio.Event().wait()  # stay pending: only the API and the worker end the supervision
 
 
