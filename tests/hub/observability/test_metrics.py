@@ -3,7 +3,7 @@ read at scrape time, bounded in time, and its failures never fail the scrape."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -117,6 +117,8 @@ async def test_our_replication_slots_are_reported_with_their_retained_wal(client
     try:
         await connection.execute("SELECT pg_create_physical_replication_slot($1, true)", slot)
         await connection.execute("SELECT pg_create_physical_replication_slot('someone_elses', true)")
+        # WAL written after the slot was created is WAL the slot holds back.
+        await connection.execute("CREATE TABLE wal_filler AS SELECT g FROM generate_series(1, 10000) AS g")
         try:
             samples = await scrape(client)
         finally:
@@ -125,7 +127,8 @@ async def test_our_replication_slots_are_reported_with_their_retained_wal(client
     finally:
         await connection.close()
 
-    assert value(samples, "powernode_replication_slot_retained_bytes", slot=slot) >= 0
+    retained = ("powernode_replication_slot_retained_bytes", frozenset({("slot", slot)}))
+    assert retained in samples and samples[retained] > 100_000
     assert (("powernode_replication_slot_active", frozenset({("slot", slot)}))) in samples
     assert not any(dict(labels).get("slot") == "someone_elses" for _, labels in samples)
 
@@ -160,13 +163,11 @@ async def test_a_query_stuck_behind_a_lock_times_out_and_the_rest_still_answers(
             before = await scrape(http)
             async with locker.transaction():
                 await locker.execute("LOCK TABLE federation_peer IN ACCESS EXCLUSIVE MODE")
-                started = time.monotonic()
-                during = await scrape(http)
-                elapsed = time.monotonic() - started
+                async with asyncio.timeout(60):  # without the statement timeout it would wait forever
+                    during = await scrape(http)
     finally:
         await locker.close()
 
-    assert elapsed < 2
     assert moved(before, during, "powernode_scrape_errors_total", query="peers") == 1
     assert moved(before, during, "powernode_scrape_errors_total", query="heartbeat_lag") == 1
     assert moved(before, during, "powernode_scrape_errors_total", query="findings") == 0

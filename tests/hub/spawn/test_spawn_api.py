@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.provisioning.models import NodeInstance
 from hub.secrets.tokens import ACCEPTANCE_TOKEN_PREFIX
 from shared_contract.payload import read_fw_cfg_tree
-from tests.hub.helpers import SPAWN, operator_headers, spawn, spawn_body
+from tests.hub.helpers import CHILDREN, SPAWN, operator_headers, spawn, spawn_body
 
 
 @pytest.mark.parametrize("mode", ["managed_child", "autonomous_peer", "cluster_member"])
@@ -115,3 +116,21 @@ async def test_ttl_bounds_are_inclusive(client, runtime):
     for ttl in (86400, 30 * 86400):
         body = spawn_body() | {"token_ttl_seconds": ttl}
         assert (await client.post(SPAWN, json=body, headers=headers)).status_code == 201
+
+
+async def test_the_manual_payload_file_holds_the_token_and_only_its_owner_can_read_it(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers)
+    async with runtime.sessionmaker() as session:
+        peer = await session.get(FederationPeer, data["child"]["id"])
+        node = await session.get(NodeInstance, peer.node_instance_id)
+    payload_file = Path(node.details["payload_file"])
+
+    rotated = await client.post(f"{CHILDREN}/{peer.id}/rotate_token", headers=headers)
+    new_token = rotated.json()["data"]["acceptance_token"]
+
+    assert rotated.status_code == 200
+    assert json.loads(payload_file.read_text())["acceptance_token"] == new_token
+    assert stat.S_IMODE(payload_file.stat().st_mode) == 0o600  # it is a bearer credential
+    for path in (payload_file.parent / "by_name").rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
