@@ -21,13 +21,13 @@ from hub.embedded.pgconf import HOST, SHARED_TMP, ClusterState, conf_text, hba_t
 from hub.embedded.privileges import ensure_traversable, owned_file, private_dir, server_user
 from hub.embedded.process import (
     EmbeddedError,
-    free_port,
     log_tail,
     package_file,
     pid_alive,
-    port_is_free,
     process_cwd,
+    require_port,
     run,
+    service_port,
     stop_pid,
     wait_until,
     write_private,
@@ -116,7 +116,7 @@ class PostgresServer:
         elif self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise EmbeddedError(f"{self.data_dir} is not empty; use a new data dir")
         state = ClusterState(
-            port=free_port(),
+            port=service_port(),
             superuser=superuser,
             password=password or secrets.token_urlsafe(24),
             socket_dir=str(socket_dir_for(self.data_dir)),
@@ -160,9 +160,7 @@ class PostgresServer:
             self._adopt(state)
             return
         self._clear_stale_locks(state)
-        if not port_is_free(state.port):
-            state.port = free_port()
-            self._save_state(state)
+        require_port(state.port, "PostgreSQL", self.state_file)
         ensure_traversable(self.data_dir)
         private_dir(Path(state.socket_dir), self.owner)
         write_private(self.data_dir / "powernode.conf", conf_text(state), self.owner)
@@ -294,7 +292,7 @@ def make_standby(
         timeout=600,
     )
     # Same roles as the primary; its own port and socket dir (start() writes them to powernode.conf).
-    standby._save_state(source.copy(port=free_port(), socket_dir=socket_dir_for(standby.data_dir)))
+    standby._save_state(source.copy(port=service_port(), socket_dir=socket_dir_for(standby.data_dir)))
     standby.start()
     standby.wait_streaming()
     return standby

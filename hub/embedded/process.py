@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,12 +32,48 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a server could listen on `port` now: with SO_REUSEADDR, as PostgreSQL and Redis bind,
+    so connections of a previous run still lingering in TIME_WAIT do not count as taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen(1)
         except OSError:
             return False
         return True
+
+
+_SERVICE_PORTS = (20000, 32767)  # below Linux's default ephemeral range (32768-60999)
+
+
+def service_port(host: str = LOOPBACK) -> int:
+    """A free port for a server that keeps it for good (recorded in its data dir).
+
+    Chosen below the kernel's ephemeral range, so that while the server is down no outgoing
+    connection is handed its port and it can always come back on it."""
+    low, high = _SERVICE_PORTS
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, ephemeral_low - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if high - low >= 100:
+        for _ in range(100):
+            port = random.randint(low, high)  # noqa: S311 - a port number, not a secret
+            if port_is_free(port, host):
+                return port
+    return free_port(host)
+
+
+def require_port(port: int, server: str, recorded_in: Path, host: str = LOOPBACK) -> None:
+    """A server keeps its port across restarts (its clients, cluster members among them, know it);
+    if someone else holds it, say so rather than move."""
+    if not port_is_free(port, host):
+        raise EmbeddedError(
+            f"port {port} of the embedded {server} (recorded in {recorded_in}) is in use by another "
+            "process: stop that process, or edit the port there"
+        )
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -20,13 +20,13 @@ from hub.embedded.privileges import private_dir
 from hub.embedded.process import (
     LOOPBACK,
     EmbeddedError,
-    free_port,
     log_tail,
     package_file,
     pid_alive,
-    port_is_free,
     process_cwd,
     read_json,
+    require_port,
+    service_port,
     stop_pid,
     wait_until,
     write_private,
@@ -66,13 +66,12 @@ class RedisServer:
         """Start redis-server (or adopt the one still serving this data dir) and wait for PING."""
         private_dir(self.data_dir, None)
         if self._state is None:
-            self._save_state({"port": free_port(), "password": secrets.token_urlsafe(24)})
+            self._save_state({"port": service_port(), "password": secrets.token_urlsafe(24)})
         if self.is_running():
             log.info("adopting Redis already running in %s (pid %s)", self.data_dir, self.pid())
             return
         self._pidfile.unlink(missing_ok=True)
-        if not port_is_free(self.port):
-            self._save_state({**self._require_state(), "port": free_port()})
+        require_port(self.port, "Redis", self.data_dir / "redis.json")
         write_private(self.data_dir / "redis.conf", self._conf())
         self._process = self._spawn()
         if not wait_until(self._answers, timeout):

@@ -1,7 +1,10 @@
 import socket
 import time
 
+import pytest
+
 from hub.embedded.postgres import PostgresServer
+from hub.embedded.process import EmbeddedError
 
 
 def test_a_deep_data_dir_still_gets_a_unix_socket(scratch_dir):
@@ -16,21 +19,47 @@ def test_a_deep_data_dir_still_gets_a_unix_socket(scratch_dir):
         server.stop(mode="immediate")
 
 
-def test_restart_moves_to_a_free_port_when_its_port_was_taken(scratch_dir):
+def time_wait_ports():
+    """Local ports of TCP sockets in TIME_WAIT on loopback (state 06 in /proc/net/tcp)."""
+    ports = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "06":
+            ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_restart_keeps_the_port_while_old_connections_linger_in_time_wait(scratch_dir):
     server = PostgresServer(scratch_dir / "postgres").init(durable=False)
     server.start()
+    port = server.port
+    client = socket.create_connection(("127.0.0.1", port))  # the server closes first: its side waits
     server.stop()
-    squatter = socket.socket()
-    squatter.bind(("127.0.0.1", server.port))
+    client.close()
+    assert port in time_wait_ports()
     try:
         server.start()
 
-        assert server.port != squatter.getsockname()[1]
-        assert PostgresServer(server.data_dir).port == server.port  # remembered for next time
+        assert server.port == port
+        assert PostgresServer(server.data_dir).port == port
         assert server.psql("SELECT 1") == "1"
     finally:
-        squatter.close()
         server.stop(mode="immediate")
+
+
+def test_a_port_taken_by_someone_else_is_a_clear_error_naming_it(scratch_dir):
+    server = PostgresServer(scratch_dir / "postgres").init(durable=False)
+    server.start()
+    server.stop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+
+        with pytest.raises(EmbeddedError, match=f"port {server.port} of the embedded PostgreSQL"):
+            server.start()
+
+    assert PostgresServer(server.data_dir).port == server.port
+    assert not server.is_running()
 
 
 def test_standby_replays_what_the_primary_writes(pg_pair):
