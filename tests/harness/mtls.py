@@ -16,10 +16,10 @@ import httpx
 import uvicorn
 
 from hub.config import Settings
-from hub.embedded import federation_tls
-from hub.embedded.serve import bind_listener
 from hub.main import create_app
 from hub.runtime import HubRuntime
+from hub.supervision import federation_tls
+from hub.supervision.serve import bind_listener
 
 
 class _Server(uvicorn.Server):
