@@ -74,6 +74,10 @@ class FederationSettings(BaseSettings):
     default_token_ttl_seconds: int = Field(default=7 * 86400, ge=86400, le=30 * 86400)
     grant_ttl_days: int = Field(default=365, ge=1, le=3650)
     grant_retention_days: int = Field(default=90, ge=1)
+    # Lifetime of the client certificates our CA issues to peers; they renew over mTLS before it ends.
+    peer_cert_ttl_days: int = Field(default=90, ge=1, le=825)
+    # How long after a token's first use the same key may retry accept (never past the token's expiry).
+    accept_retry_window_seconds: int = Field(default=900, ge=1, le=86400)
 
 
 class ReplicationSettings(BaseSettings):

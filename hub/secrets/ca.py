@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -27,7 +27,14 @@ from hub.secrets.store import (
 
 CA_SECRET_PATH = "powernode/federation_ca"
 PEER_CN_PREFIX = "fed:"
+# The certificate a parent issues itself to call a child it spawned. The child's own certificate
+# names the same peer id (`fed:<id>`), so the parent's carries a prefix no CSR can obtain: a child
+# presenting its own certificate to itself is never taken for its parent.
+PARENT_CN_PREFIX = "fed-parent:"
+DEFAULT_PEER_CERT_DAYS = 90
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+MIN_RSA_BITS = 2048
+SOUND_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 
 class InvalidCSR(Unprocessable):
@@ -53,9 +60,37 @@ def parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
     except ValueError as e:
         raise InvalidCSR("csr_pem is not a PEM certificate signing request") from e
+    try:
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as e:  # a key type or curve this library cannot even load
+        raise InvalidCSR("csr_pem carries a key of an unsupported type") from e
+    check_key(public_key)
     if not csr.is_signature_valid:
         raise InvalidCSR("csr_pem signature does not verify")
     return csr
+
+
+def check_key(public_key: object) -> None:
+    """Only sound keys get a certificate: RSA >= 2048 bits, EC P-256/P-384, Ed25519 (else 422)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            raise InvalidCSR(
+                f"csr_pem key is RSA-{public_key.key_size}: RSA keys must have at least {MIN_RSA_BITS} bits",
+                code="WEAK_KEY",
+            )
+        return
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if not isinstance(public_key.curve, SOUND_CURVES):
+            raise InvalidCSR(
+                f"csr_pem key is on curve {public_key.curve.name}: only P-256 and P-384 are accepted",
+                code="WEAK_KEY",
+            )
+        return
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return
+    raise InvalidCSR(
+        "csr_pem key type is not accepted: use RSA (2048+), EC P-256/P-384 or Ed25519", code="WEAK_KEY"
+    )
 
 
 @dataclass
@@ -71,15 +106,34 @@ class FederationCA:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
     def sign_peer_csr(
-        self, csr: x509.CertificateSigningRequest, *, peer_id: uuid.UUID, days: int = 365
+        self, csr: x509.CertificateSigningRequest, *, peer_id: uuid.UUID, days: int = DEFAULT_PEER_CERT_DAYS
     ) -> x509.Certificate:
-        """A client certificate whose CN names the peer; the CSR's own subject is ignored."""
+        """A client certificate whose CN names the peer; the CSR's own subject is ignored.
+
+        CA:FALSE, keyUsage digitalSignature (+keyEncipherment for RSA), EKU clientAuth only.
+        """
+        public_key = csr.public_key()
+        check_key(public_key)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{PEER_CN_PREFIX}{peer_id}")])
         return self._sign(
             name,
-            csr.public_key(),  # type: ignore[arg-type]
+            public_key,
             days=days,
-            usage=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+            usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            key_usage=_client_key_usage(public_key),
+        )
+
+    def sign_parent_client_cert(
+        self, public_key: ec.EllipticCurvePublicKey, *, peer_id: uuid.UUID, days: int = 1
+    ) -> x509.Certificate:
+        """The certificate this hub calls a child it spawned with: CN `fed-parent:<our id of it>`."""
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{PARENT_CN_PREFIX}{peer_id}")])
+        return self._sign(
+            name,
+            public_key,
+            days=days,
+            usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            key_usage=_client_key_usage(public_key),
         )
 
     def issue_server_cert(self, hosts: list[str], *, days: int = 365) -> tuple[str, str]:
@@ -105,11 +159,12 @@ class FederationCA:
     def _sign(
         self,
         subject: x509.Name,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: CertificatePublicKeyTypes,
         *,
         days: int,
         usage: list[x509.ObjectIdentifier],
         sans: list[x509.GeneralName] | None = None,
+        key_usage: x509.KeyUsage | None = None,
     ) -> x509.Certificate:
         now = _now()
         builder = (
@@ -125,7 +180,23 @@ class FederationCA:
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if key_usage is not None:
+            builder = builder.add_extension(key_usage, critical=True)
         return builder.sign(self.key, hashes.SHA256())
+
+
+def _client_key_usage(public_key: object) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _new_ca(common_name: str) -> FederationCA:

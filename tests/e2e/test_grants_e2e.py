@@ -21,10 +21,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from hub.embedded.postgres import PostgresServer
 from hub.embedded.process import wait_until
@@ -153,7 +151,7 @@ def emancipating(children: dict[str, Child], bearers: list[str]) -> Child:
 
 @pytest.fixture
 def parent_certificate(parent: Hub, tmp_path: Path) -> Callable[[Child], tuple[str, str]]:
-    """Files of a client certificate from the parent's CA, CN `fed:<the child's id>` (as the
+    """Files of a client certificate from the parent's CA, CN `fed-parent:<the child's id>` (as the
     parent issues itself), to knock on a child's federation listener directly."""
     ca = asyncio.run(
         ca_service.load_or_create(data_dir=parent.data_dir, store=LocalEncryptedStore(parent.data_dir))
@@ -161,12 +159,7 @@ def parent_certificate(parent: Hub, tmp_path: Path) -> Callable[[Child], tuple[s
 
     def make(child: Child) -> tuple[str, str]:
         key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "parent")]))
-            .sign(key, hashes.SHA256())
-        )
-        cert = ca.sign_peer_csr(csr, peer_id=uuid.UUID(child.id), days=1)
+        cert = ca.sign_parent_client_cert(key.public_key(), peer_id=uuid.UUID(child.id))
         cert_file, key_file = tmp_path / f"{child.id}.crt", tmp_path / f"{child.id}.key"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_private_file(
@@ -180,11 +173,14 @@ def parent_certificate(parent: Hub, tmp_path: Path) -> Callable[[Child], tuple[s
     return make
 
 
-def mtls_call(url: str, method: str, path: str, *, cert: tuple[str, str], ca_file: str) -> httpx.Response:
+def mtls_call(
+    url: str, method: str, path: str, *, cert: tuple[str, str], ca_file: str, bearer: str | None = None
+) -> httpx.Response:
     context = ssl.create_default_context(cafile=ca_file)
     context.load_cert_chain(*cert)
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     with httpx.Client(verify=context, timeout=30) as http:
-        return http.request(method, url + FEDERATION_API + path)
+        return http.request(method, url + FEDERATION_API + path, headers=headers)
 
 
 def cli(hub: Hub, *args: str) -> Any:
@@ -227,6 +223,50 @@ def test_the_child_enforces_scope_and_allowlists(parent, emancipating):
     assert read_only[0].status_code == 200 and refusal(read_only[1]) == (502, 403, "GRANT_DENIED")
     assert allowlisted[0].status_code == 200 and refusal(allowlisted[1]) == (502, 403, "GRANT_DENIED")
     assert remote(parent, emancipating, "audit_events").status_code == 200
+
+
+def held_bearer(parent: Hub, child: Child) -> str:
+    [grant] = data(
+        parent.api("GET", f"{FEDERATION}/grants", params={"direction": "held", "peer_id": child.id})
+    )["grants"]
+    secret = asyncio.run(LocalEncryptedStore(parent.data_dir).get(f"federation_grant_bearer/{grant['id']}"))
+    assert secret is not None
+    return str(secret["bearer"])
+
+
+def test_a_child_never_takes_its_own_certificate_for_its_parent(parent, emancipating, parent_certificate):
+    """Issue 11 #16, over the child's real TLS listener: its own certificate (CN `fed:<id>`, from
+    the parent's CA, the id the parent has for it) is refused; the parent's own one is taken."""
+    own = json.loads((emancipating.data_dir / "agent" / "first-run-result.json").read_text())
+    ca_file = str(emancipating.data_dir / "tls" / "ca.crt")
+    url, bearer = emancipating.federation_url, held_bearer(parent, emancipating)
+    own_cert = (own["client_cert_path"], own["client_key_path"])
+
+    as_itself = mtls_call(url, "GET", "/peer", cert=own_cert, ca_file=ca_file, bearer=bearer)
+    as_parent = mtls_call(
+        url, "GET", "/peer", cert=parent_certificate(emancipating), ca_file=ca_file, bearer=bearer
+    )
+
+    assert as_itself.status_code == 401 and as_itself.json()["code"] == "UNAUTHORIZED"
+    assert as_parent.status_code == 200
+
+
+def test_a_cascade_push_dated_in_the_future_is_refused(parent, emancipating, parent_certificate):
+    """Issue 11 #16: the parent's own certificate and bearer, a push dated 10 years ahead → 422."""
+    context = ssl.create_default_context(cafile=str(emancipating.data_dir / "tls" / "ca.crt"))
+    context.load_cert_chain(*parent_certificate(emancipating))
+    body = {"generated_at": "2036-01-01T00:00:00+00:00", "policies": []}
+    before = emancipating.policies()
+
+    with httpx.Client(verify=context, timeout=30) as http:
+        response = http.put(
+            emancipating.federation_url + FEDERATION_API + "/intervention_policies",
+            json=body,
+            headers={"Authorization": f"Bearer {held_bearer(parent, emancipating)}"},
+        )
+
+    assert response.status_code == 422 and response.json()["code"] == "CASCADE_FROM_THE_FUTURE"
+    assert emancipating.policies() == before
 
 
 def test_an_expired_grant_is_refused_until_it_is_live_again(parent, emancipating):

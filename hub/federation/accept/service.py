@@ -336,7 +336,9 @@ async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> Ac
     }
     fingerprint = serial = None
     if csr is not None:
-        cert = runtime.ca.sign_peer_csr(csr, peer_id=peer.id)
+        cert = runtime.ca.sign_peer_csr(
+            csr, peer_id=peer.id, days=runtime.settings.federation.peer_cert_ttl_days
+        )
         fingerprint, serial = ca_service.cert_fingerprint(cert), format(cert.serial_number, "x")
         response.update(
             client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),

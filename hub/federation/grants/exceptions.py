@@ -41,3 +41,9 @@ class ChildRefused(HubError):
 class ChildUnreachable(HubError):
     status_code = 502
     code = "CHILD_UNREACHABLE"
+
+
+class ChildUntrusted(Conflict):
+    """What the child told us about its endpoint or CA is not something we call (DESIGN §5)."""
+
+    code = "CHILD_UNTRUSTED"

@@ -72,7 +72,9 @@ async def federation_grant_probe(ctx: dict[str, Any]) -> dict[str, int]:
     async def probe(peer_id: uuid.UUID) -> bool:
         async with limit:
             try:
-                await remote.call_child(runtime, peer_id=peer_id, method=read.method, path=read.path)
+                await remote.call_child(
+                    runtime, peer_id=peer_id, method=read.method, path=read.path, schema=read.schema
+                )
             except HubError:
                 return False
             return True

@@ -70,6 +70,10 @@ async def read_child(
     if grants_service.ACTION_SCOPES[read.action] == "admin":
         operator.require(permissions.CHILDREN_MANAGE)
     data = await remote.call_child(
-        runtime, peer_id=peers_service.parse_peer_id(child_id), method=read.method, path=read.path
+        runtime,
+        peer_id=peers_service.parse_peer_id(child_id),
+        method=read.method,
+        path=read.path,
+        schema=read.schema,
     )
     return envelope(data)

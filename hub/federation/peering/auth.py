@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from hub.exceptions import Unauthorized
 from hub.observability.context import binds_peer
-from hub.secrets.ca import PEER_CN_PREFIX, cert_fingerprint
+from hub.secrets.ca import PARENT_CN_PREFIX, PEER_CN_PREFIX, cert_fingerprint
 
 CN_HEADERS = ("x-client-s-dn-cn", "x-forwarded-tls-client-cert-subject")
 TRAEFIK_INFO_HEADER = "x-forwarded-tls-client-cert-info"
@@ -31,9 +31,12 @@ _CN_IN_SUBJECT = re.compile(r'(?:^|[,;/"\s])CN=([^,;/"]+)')
 class PeerIdentity:
     peer_id: uuid.UUID
     cert_fingerprint: str | None  # None when a trusted proxy vouched for the CN
+    # CN `fed-parent:<id>`: the parent that spawned us, calling with the certificate it issues
+    # itself. Only such a certificate is ever taken for our parent (never our own `fed:<id>` one).
+    as_parent: bool = False
 
     def __repr__(self) -> str:
-        return f"PeerIdentity({self.peer_id})"
+        return f"PeerIdentity({self.peer_id}{', parent' if self.as_parent else ''})"
 
 
 @lru_cache(maxsize=64)
@@ -60,19 +63,26 @@ def _first_subject(value: str) -> str:
     return value[start + 9 : end if end > 0 else None]
 
 
-def _peer_id_from_cn(cn: str) -> uuid.UUID | None:
+def _prefix(cn: str) -> str | None:
+    return next((p for p in (PEER_CN_PREFIX, PARENT_CN_PREFIX) if cn.startswith(p)), None)
+
+
+def _identity_from_cn(cn: str, fingerprint: str | None = None) -> PeerIdentity | None:
     cn = cn.strip()
-    if not cn.startswith(PEER_CN_PREFIX):
+    prefix = _prefix(cn)
+    if prefix is None:
         match = _CN_IN_SUBJECT.search(cn)
         if match is None:
             return None
         cn = match.group(1).strip()
-        if not cn.startswith(PEER_CN_PREFIX):
+        prefix = _prefix(cn)
+        if prefix is None:
             return None
     try:
-        return uuid.UUID(cn[len(PEER_CN_PREFIX) :])
+        peer_id = uuid.UUID(cn[len(prefix) :])
     except ValueError:
         return None
+    return PeerIdentity(peer_id, fingerprint, as_parent=prefix == PARENT_CN_PREFIX)
 
 
 def from_certificate(pem: str) -> PeerIdentity | None:
@@ -81,8 +91,7 @@ def from_certificate(pem: str) -> PeerIdentity | None:
     except ValueError:
         return None
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    peer_id = _peer_id_from_cn(str(names[0].value)) if names else None
-    return PeerIdentity(peer_id, cert_fingerprint(cert)) if peer_id else None
+    return _identity_from_cn(str(names[0].value), cert_fingerprint(cert)) if names else None
 
 
 @binds_peer
@@ -101,7 +110,7 @@ def identify(
     elif is_trusted_proxy(client_host, trusted_proxies):
         for name in (*CN_HEADERS, TRAEFIK_INFO_HEADER):
             value = headers.get(name)
-            peer_id = _peer_id_from_cn(_first_subject(unquote_plus(value))) if value else None
-            if peer_id is not None:
-                return PeerIdentity(peer_id, None)
+            identity = _identity_from_cn(_first_subject(unquote_plus(value))) if value else None
+            if identity is not None:
+                return identity
     raise Unauthorized("A valid peer client certificate is required")

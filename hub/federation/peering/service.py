@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import service as audit_service
 from hub.audit.models import AuditEvent
 from hub.database import utcnow
-from hub.exceptions import Unauthorized
+from hub.exceptions import Conflict, Unauthorized, Unprocessable
+from hub.federation.grants import client
 from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import jobs as policies_jobs
@@ -72,11 +73,21 @@ async def authenticate(
 ) -> FederationPeer:
     """The live peer behind a certificate: unknown or replaced certificates get 401, and a
     revoked peering 401 `PEER_REVOKED` (so the other side can mirror it)."""
-    peer = await session.get(FederationPeer, identity.peer_id)
-    if peer is None:
+    peer: FederationPeer | None
+    if identity.as_parent:
+        # Only a `fed-parent:` certificate from the CA we pinned is our parent: the certificate
+        # the parent issued *us* names the same id, and must never pass for it.
         peer = await _our_parent(session, parent_peer_id=identity.peer_id, certificate_pem=certificate_pem)
-    elif identity.cert_fingerprint is not None and peer.client_cert_fingerprint != identity.cert_fingerprint:
-        peer = None
+    else:
+        peer = await session.get(FederationPeer, identity.peer_id)
+        if peer is not None and peer.spawn_role == "child":
+            peer = None  # our parent's row answers to its `fed-parent:` certificate only
+        elif (
+            peer is not None
+            and identity.cert_fingerprint is not None
+            and peer.client_cert_fingerprint != identity.cert_fingerprint
+        ):
+            peer = None
     if peer is None:
         raise Unauthorized(NO_CERTIFICATE)
     if peer.status == "revoked":
@@ -91,6 +102,7 @@ async def enroll(
 ) -> EnrollResponseData:
     """accepted → enrolled once the child finished its first run; later enrolls refresh where it
     is reached. A managed child then gets our cascaded policies."""
+    _check_reach(peer, request)
     now = utcnow()
     reach: dict[str, Any] = {"updated_at": now}
     if request.platform_url:
@@ -120,6 +132,31 @@ async def enroll(
     return EnrollResponseData(
         peer_id=str(peer.id), status=peer.status, enrolled_at=(peer.enrolled_at or now).isoformat()
     )
+
+
+def _check_reach(peer: FederationPeer, request: EnrollRequest) -> None:
+    """422 for a federation endpoint we would not call (not https) or a CA that is not one; 409 for
+    a CA other than the one pinned at the first enroll that named one."""
+    for endpoint in request.endpoints:
+        if endpoint.scope != client.FEDERATION_SCOPE:
+            continue
+        if problem := client.check_endpoint_url(endpoint.url):
+            raise Unprocessable(
+                "the federation endpoint must be an https:// URL with a host (no userinfo, query, fragment)",
+                code=problem,
+            )
+    if client.CA_CAPABILITY not in request.capabilities:
+        return
+    ca_pem = request.capabilities[client.CA_CAPABILITY]
+    if problem := client.check_ca_pem(ca_pem):
+        raise Unprocessable(f"{client.CA_CAPABILITY} must be PEM CA certificates", code=problem)
+    pinned = (peer.capabilities or {}).get(client.CA_CAPABILITY)
+    changed = isinstance(pinned, str) and pinned.strip() != str(ca_pem).strip()
+    if peer.enrolled_at is not None and changed:
+        raise Conflict(
+            f"{client.CA_CAPABILITY} differs from the CA pinned at enroll (revoke, spawn again to change it)",
+            code="PEER_CA_PINNED",
+        )
 
 
 async def recent_audit_events(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:

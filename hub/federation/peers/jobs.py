@@ -59,7 +59,7 @@ async def federation_peer_revoke_notice(ctx: dict[str, Any], *, peer_id: str) ->
     except (PeerCallFailed, grants_client.CallFailed) as e:
         code = getattr(e, "code", None)
         job_try = ctx.get("job_try", 1)
-        if e.status is None and code != "NO_FEDERATION_ENDPOINT" and job_try < MAX_TRIES:
+        if e.status is None and code not in grants_client.UNTRUSTED_CODES and job_try < MAX_TRIES:
             raise Retry(defer=min(60.0, 2.0**job_try)) from None
         log.info("peer %s was not told of its revocation: %s %s", peer.id, e.status or "", e.message)
         return f"not told: {e.status or code}"

@@ -10,7 +10,7 @@ from hub.federation.grants import remote
 from hub.federation.grants.exceptions import NoLiveGrant
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import service as policies_service
-from hub.federation.policies.schemas import CascadedPolicy, CascadeRequest
+from hub.federation.policies.schemas import CascadedPolicy, CascadeRequest, CascadeResult
 from hub.runtime import HubRuntime
 
 
@@ -45,6 +45,7 @@ async def push(runtime: HubRuntime, *, peer_id: uuid.UUID) -> dict[str, Any]:
             peer_id=peer.id,
             method="PUT",
             path="/intervention_policies",
+            schema=CascadeResult,
             body=request.model_dump(mode="json"),
         )
     except NoLiveGrant:

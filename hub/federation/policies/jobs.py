@@ -13,7 +13,7 @@ from typing import Any
 from arq import Retry
 from arq.connections import ArqRedis
 
-from hub.federation.grants.exceptions import ChildRefused, ChildUnreachable
+from hub.federation.grants.exceptions import ChildRefused, ChildUnreachable, ChildUntrusted
 from hub.federation.policies import cascade
 from hub.runtime import PRIMARY_QUEUE, HubRuntime
 
@@ -38,6 +38,6 @@ async def intervention_policy_cascade(ctx: dict[str, Any], *, peer_id: str) -> d
             log.warning("policy cascade to %s gave up: %s", peer_id, e.message)
             return {"unreachable": e.message}
         raise Retry(defer=min(60.0, 0.5 * 2**job_try)) from None
-    except ChildRefused as e:
+    except (ChildRefused, ChildUntrusted) as e:  # a finding says why; retrying will not help
         log.info("policy cascade to %s refused: %s", peer_id, e.message)
         return {"refused": e.details}

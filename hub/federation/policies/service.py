@@ -26,6 +26,7 @@ from a parent that still manages the child brings them back.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, delete, func, select, text, type_coerce, update
@@ -35,7 +36,7 @@ from sqlalchemy.orm import aliased
 
 from hub.audit import service as audit_service
 from hub.database import utcnow
-from hub.exceptions import Conflict, NotFound, ValidationFailed
+from hub.exceptions import Conflict, NotFound, Unprocessable, ValidationFailed
 from hub.federation.grants.remote import CALLABLE_STATUSES
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import patterns
@@ -278,6 +279,22 @@ async def managed_children(session: AsyncSession) -> list[uuid.UUID]:
     return list(rows.all())
 
 
+# How far ahead of our clock a parent's push may be dated. Pushes are ordered by their date, so one
+# dated far ahead would make every honest push after it look older and be ignored.
+CASCADE_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _check_date(request: CascadeRequest) -> None:
+    generated_at = request.generated_at
+    if generated_at.tzinfo is None:
+        raise Unprocessable("generated_at must carry a UTC offset", code="INVALID_REQUEST")
+    if generated_at > utcnow() + CASCADE_CLOCK_SKEW:
+        raise Unprocessable(
+            "generated_at is in the future beyond the allowed clock skew: push refused",
+            code="CASCADE_FROM_THE_FUTURE",
+        )
+
+
 def _micros(request: CascadeRequest) -> int:
     return int(request.generated_at.timestamp() * 1_000_000)
 
@@ -299,6 +316,7 @@ async def apply_cascade(
     session: AsyncSession, *, peer: FederationPeer, request: CascadeRequest
 ) -> CascadeResult:
     """Child side: replace what `peer` (our parent) cascaded with this set, if it is the newest."""
+    _check_date(request)
     generated = _micros(request)
     last = func.coalesce(
         FederationPeer.metadata_["policy_cascade"]["generated_us"].astext.cast(BigInteger), 0

@@ -37,7 +37,7 @@ class OurParent:
 
     def headers(self, bearer: str | None = "ours") -> dict[str, str]:
         """As the parent behind the trusted proxy; `bearer="ours"` sends the grant's bearer."""
-        headers = {"X-Client-S-DN-CN": f"fed:{self.parent_peer_id}"}
+        headers = {"X-Client-S-DN-CN": f"{ca_service.PARENT_CN_PREFIX}{self.parent_peer_id}"}
         token = self.bearer if bearer == "ours" else bearer
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -46,12 +46,18 @@ class OurParent:
     def client_certificate(self, ca: ca_service.FederationCA | None = None) -> str:
         """A certificate the parent issues itself for calling us (or one from another `ca`)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        cert = (ca or self.ca).sign_parent_client_cert(key.public_key(), peer_id=self.parent_peer_id)
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def own_certificate(self) -> str:
+        """The certificate the parent issued *us* at accept: CN `fed:<parent_peer_id>` too."""
+        key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "parent")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "child")]))
             .sign(key, hashes.SHA256())
         )
-        cert = (ca or self.ca).sign_peer_csr(csr, peer_id=self.parent_peer_id, days=1)
+        cert = self.ca.sign_peer_csr(csr, peer_id=self.parent_peer_id)
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

@@ -20,7 +20,7 @@ PEER = f"{FEDERATION_API}/peer"
 POLICIES = f"{FEDERATION_API}/intervention_policies"
 AUDIT = f"{FEDERATION_API}/audit_events"
 GRANTS = "/api/v1/system/federation/grants"
-PUSH = {"generated_at": "2030-01-01T00:00:00+00:00", "policies": []}
+PUSH = {"generated_at": "2025-01-01T00:00:00+00:00", "policies": []}
 
 
 @pytest.fixture
@@ -158,3 +158,42 @@ async def test_an_autonomous_parent_reads_us_by_certificate_but_cannot_push(clie
 
     assert peer.status_code == 200
     assert push.status_code == 403 and push.json()["code"] == "GRANT_DENIED"
+
+
+async def test_our_own_certificate_is_never_our_parent(settings, runtime, parent):
+    """Issue 11 #16: the certificate the parent issued us names the parent's id for us too."""
+    codes = []
+    for pem in (parent.client_certificate(), parent.own_certificate()):
+        transport = httpx.ASGITransport(app=with_client_certificate(create_app(settings, runtime), pem))
+        async with httpx.AsyncClient(transport=transport, base_url="https://child.test") as http:
+            codes.append((await http.get(PEER, headers=parent.headers())).status_code)
+    own_cn = parent.headers() | {"X-Client-S-DN-CN": f"fed:{parent.parent_peer_id}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings, runtime)), base_url="https://child.test"
+    ) as http:
+        by_proxy = await http.get(PEER, headers=own_cn)
+
+    assert codes == [200, 401]
+    assert by_proxy.status_code == 401 and by_proxy.json()["code"] == "UNAUTHORIZED"
+
+
+@pytest.mark.parametrize("ahead", [timedelta(days=365 * 20), timedelta(minutes=10)])
+async def test_a_cascade_dated_in_the_future_is_refused_and_changes_nothing(client, runtime, parent, ahead):
+    """Issue 11 #16: a push dated ahead would make every honest push after it look stale."""
+    future = {"generated_at": (utcnow() + ahead).isoformat(), "policies": []}
+
+    refused = await client.put(POLICIES, headers=parent.headers(), json=future)
+    honest = await client.put(
+        POLICIES, headers=parent.headers(), json={"generated_at": utcnow().isoformat(), "policies": []}
+    )
+
+    assert refused.status_code == 422 and refused.json()["code"] == "CASCADE_FROM_THE_FUTURE"
+    assert honest.status_code == 200 and honest.json()["data"]["stale"] is False
+
+
+async def test_a_cascade_within_the_clock_skew_is_taken(client, parent):
+    body = {"generated_at": (utcnow() + timedelta(minutes=2)).isoformat(), "policies": []}
+
+    response = await client.put(POLICIES, headers=parent.headers(), json=body)
+
+    assert response.status_code == 200 and response.json()["data"]["stale"] is False

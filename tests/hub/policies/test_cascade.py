@@ -115,9 +115,9 @@ async def test_a_push_replaces_the_parents_set_and_a_late_older_one_is_ignored(c
     ]
     second = [{"id": a, "action_pattern": "system.*", "decision": "require_approval"}]
 
-    applied = await put(client, parent, first, "2030-01-01T00:00:00+00:00")
-    replaced = await put(client, parent, second, "2030-01-01T00:00:02+00:00")
-    late = await put(client, parent, first, "2030-01-01T00:00:01+00:00")
+    applied = await put(client, parent, first, "2025-01-01T00:00:00+00:00")
+    replaced = await put(client, parent, second, "2025-01-01T00:00:02+00:00")
+    late = await put(client, parent, first, "2025-01-01T00:00:01+00:00")
 
     assert applied == {"applied": 2, "removed": 0, "ignored": 1, "stale": False}
     assert replaced == {"applied": 1, "removed": 1, "ignored": 0, "stale": False}
@@ -131,7 +131,7 @@ async def test_after_emancipation_cascaded_policies_stay_and_can_be_deleted(clie
         client,
         parent,
         [{"id": str(uuid.uuid4()), "action_pattern": "system.*", "decision": "deny"}],
-        "2030-01-01T00:00:00+00:00",
+        "2025-01-01T00:00:00+00:00",
     )
     operator = await operator_headers(runtime)
     grants = (await client.get("/api/v1/system/federation/grants", headers=operator)).json()["data"]["grants"]
@@ -140,7 +140,7 @@ async def test_after_emancipation_cascaded_policies_stay_and_can_be_deleted(clie
     refused = await client.put(
         f"{FEDERATION_API}/intervention_policies",
         headers=parent.headers(),
-        json={"generated_at": "2030-01-02T00:00:00+00:00", "policies": []},
+        json={"generated_at": "2025-01-02T00:00:00+00:00", "policies": []},
     )
 
     assert refused.status_code == 401

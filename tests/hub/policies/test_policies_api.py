@@ -129,7 +129,7 @@ async def test_a_wildcard_does_not_match_its_own_prefix(client, operator):
     assert (await evaluate(client, operator, "system"))["decision"] == "allow"
 
 
-async def cascade(client, parent, *policies, generated_at="2030-01-01T00:00:00+00:00"):
+async def cascade(client, parent, *policies, generated_at="2025-01-01T00:00:00+00:00"):
     body = {
         "generated_at": generated_at,
         "policies": [
