@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     metrics_query_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # /readyz reports the data dir's filesystem below this (spawns write payloads and node dirs there).
+    min_free_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
     platform_name: str = "powernode"
     first_run_result: Path | None = None
     # False on a cluster_member node: its hub lacks the privileges to manage roles and slots.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from hub import api
+from hub import api, guard
 from hub.config import Settings, get_settings
 from hub.exceptions import HubError
 from hub.federation.peering import router as peering_router
@@ -25,6 +28,24 @@ from hub.runtime import HubRuntime
 from hub.wire import error_body
 
 log = logging.getLogger(__name__)
+
+READY_TIMEOUT_SECONDS = 2.0
+_READY_NAMES = {
+    "database": "the database is unreachable",
+    "redis": "Redis is unreachable",
+    "disk": "low free space in the data dir",
+}
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes for an unprivileged writer on the data dir's filesystem (None if unreadable)."""
+    for candidate in (path, *path.parents):
+        try:
+            stats = os.statvfs(candidate)
+        except OSError:
+            continue
+        return stats.f_bavail * stats.f_frsize
+    return None
 
 
 def _validation_details(exc: RequestValidationError) -> dict:
@@ -81,9 +102,12 @@ class HubApp(FastAPI):
             and scope["path"] == peering_router.HEARTBEAT_PATH
             and scope["method"] == "POST"
         ):
-            await peering_router.heartbeat(self.state.runtime, scope, receive, send)
+            await guard.guarded(self._heartbeat, scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await peering_router.heartbeat(self.state.runtime, scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, runtime: HubRuntime | None = None) -> FastAPI:
@@ -104,6 +128,7 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(guard.GuardMiddleware)
     app.add_middleware(RequestContextMiddleware)
 
     @app.get("/healthz", include_in_schema=False)
@@ -112,21 +137,35 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
+        """503 naming what is missing: the database, Redis, or free space in the data dir."""
         rt: HubRuntime = request.app.state.runtime
-        checks = {"database": False, "redis": False}
+        checks = {"database": False, "redis": False, "disk": False}
         try:
-            async with rt.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                async with rt.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
             checks["database"] = True
         except Exception as e:  # readiness reports, it does not raise
             log.warning("readyz: database unreachable: %s", type(e).__name__)
         try:
-            checks["redis"] = bool(await rt.redis.ping())
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                checks["redis"] = bool(await rt.redis.ping())
         except Exception as e:
             log.warning("readyz: redis unreachable: %s", type(e).__name__)
+        free = _free_bytes(rt.settings.data_dir)
+        checks["disk"] = free is not None and free >= rt.settings.min_free_bytes
         if all(checks.values()):
-            return JSONResponse({"success": True, "data": {"status": "ready", "checks": checks}})
-        return JSONResponse(error_body("Not ready", "NOT_READY", {"checks": checks}), status_code=503)
+            data = {"status": "ready", "checks": checks, "data_dir_free_bytes": free}
+            return JSONResponse({"success": True, "data": data})
+        missing = [_READY_NAMES[name] for name, ok in checks.items() if not ok]
+        details = {
+            "checks": checks,
+            "data_dir_free_bytes": free,
+            "min_free_bytes": rt.settings.min_free_bytes,
+        }
+        return JSONResponse(
+            error_body("Not ready: " + ", ".join(missing), "NOT_READY", details), status_code=503
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

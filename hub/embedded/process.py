@@ -116,6 +116,7 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None
     """Ask a process to stop with `sig`, and SIGKILL it if it has not gone within `timeout`."""
     try:
         os.kill(pid, sig)
+        os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) server handles the signal too
     except ProcessLookupError:
         return
     if wait_until(lambda: not pid_alive(pid), timeout):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -34,6 +35,7 @@ class EmbeddedServices:
         self.postgres = PostgresServer(self.data_dir / "postgres")
         self.redis = RedisServer(self.data_dir / "redis") if redis else None
         self._lock_fd: int | None = None
+        self._restarting = threading.Lock()  # a watchdog's restart and stop() never overlap
 
     def __repr__(self) -> str:
         return (
@@ -62,8 +64,28 @@ class EmbeddedServices:
             raise
         return self
 
+    def restart_dead(self) -> list[str]:
+        """Start again, on their recorded ports, the servers that died under us; what was restarted."""
+        restarted: list[str] = []
+        with self._restarting:
+            if self._lock_fd is None:
+                return restarted
+            if not self.postgres.is_running():
+                log.warning("the embedded PostgreSQL is not running; starting it again")
+                self.postgres.start()
+                restarted.append("postgres")
+            if self.redis is not None and not self.redis.is_running():
+                log.warning("the embedded Redis is not running; starting it again")
+                self.redis.start()
+                restarted.append("redis")
+        return restarted
+
     def stop(self) -> None:
         """Stop Redis, then PostgreSQL; safe to call twice and after a failed start."""
+        with self._restarting:
+            self._stop()
+
+    def _stop(self) -> None:
         if self._lock_fd is None:
             return  # not ours to stop: we never started, or another hub holds the data dir
         try:

@@ -9,12 +9,13 @@ processes may share database, Redis and data dir. SIGINT and SIGTERM stop everyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import arq
 import uvicorn
 from pydantic import SecretStr
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub import migrate
@@ -36,14 +39,16 @@ from hub.observability import metrics
 from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
 from hub.secrets.store import exclusive_lock
-from hub.supervision import announce, federation_tls
-from hub.worker import worker_settings
+from hub.supervision import announce, federation_tls, keeper
+from hub.supervision.keeper import Start
+from hub.worker import heartbeat_loop, worker_settings
 
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "operator-token"
 StartHook = Callable[[HubRuntime], Awaitable[Any]]
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SHUTDOWN_SECONDS = 20.0  # uvicorn's graceful timeout (10 s) plus a worker's bounded stop
 
 
 class StartupError(RuntimeError):
@@ -106,7 +111,7 @@ def serve(
                     settings,
                     listener,
                     tls_listener,
-                    embedded=services is not None,
+                    services=services,
                     worker=worker,
                     on_start=on_start,
                 )
@@ -170,14 +175,18 @@ async def _serve(
     listener: socket.socket,
     tls_listener: socket.socket,
     *,
-    embedded: bool,
+    services: EmbeddedServices | None,
     worker: bool,
     on_start: Sequence[StartHook],
 ) -> None:
     stop = _stop_event()
-    await _prepare_schema(settings, embedded=embedded)
+    embedded = services is not None
+    if not await _prepare_schema(settings, stop, embedded=embedded):
+        return
     settings = _with_public_url(settings, listener)
-    runtime = await HubRuntime.open(settings)
+    runtime = await _open_runtime(settings, stop)
+    if runtime is None:
+        return
     try:
         token_file = await _first_start_token(settings, runtime) if embedded else None
         for hook in on_start:
@@ -202,35 +211,91 @@ async def _serve(
         # Start-up leaves ~150k long-lived objects; a full collection over them stalls every
         # request in flight for ~100 ms. Frozen, they are never scanned again.
         gc.freeze()
-        await _supervise(stop, _workers_for(settings, runtime) if worker else [], tasks, api, federation)
+        kept = _kept_parts(settings, runtime, workers=worker)
+        if services is not None:
+            watched = services
+            kept["embedded services watchdog"] = lambda: keeper.watch_embedded(watched, stop)
+        await _supervise(stop, kept, tasks, api, federation)
     finally:
         announce.clear(settings.data_dir)
-        await runtime.close()
+        await _close_runtime(runtime)
 
 
 async def _worker(settings: Settings) -> None:
     stop = _stop_event()
-    runtime = await HubRuntime.open(settings)
+    runtime = await _open_runtime(settings, stop)
+    if runtime is None:
+        return
     try:
-        await _supervise(stop, _workers_for(settings, runtime), {})
+        await _supervise(stop, _kept_parts(settings, runtime), {})
     finally:
-        await runtime.close()
+        await _close_runtime(runtime)
 
 
-async def _prepare_schema(settings: Settings, *, embedded: bool) -> None:
-    url = settings.database_url()
+async def _open_runtime(settings: Settings, stop: asyncio.Event) -> HubRuntime | None:
+    """Open the runtime, waiting with backoff while the database or Redis cannot be reached (a
+    cluster member's parent may be restarting); None if a signal came first."""
+    delay = keeper.BACKOFF_FIRST
+    while True:
+        try:
+            return await HubRuntime.open(settings)
+        except (OSError, RedisConnectionError, RedisTimeoutError) as e:
+            log.warning("cannot reach Redis or the database yet (%s); trying again in %.1fs", e, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return None
+        delay = min(delay * 2, keeper.BACKOFF_MAX)
+
+
+async def _close_runtime(runtime: HubRuntime) -> None:
     try:
-        if embedded:
-            await migrate.upgrade(url)
-            return
-        current, head = await migrate.current_revision(url), migrate.head_revision()
-    except (OSError, SQLAlchemyError) as e:
-        raise StartupError(f"cannot use the database: {type(e).__name__}: {e}") from e
+        await asyncio.wait_for(runtime.close(), keeper.STOP_SECONDS)
+    except (Exception, asyncio.CancelledError) as e:
+        log.warning("closing connections took too long (%s); leaving them", type(e).__name__)
+
+
+async def _prepare_schema(settings: Settings, stop: asyncio.Event, *, embedded: bool) -> bool:
+    """Migrate (embedded) or check the schema is at head; waits while the database is unreachable.
+    False if a signal came first."""
+    url = settings.database_url()
+    delay = keeper.BACKOFF_FIRST
+    while True:
+        try:
+            if embedded:
+                await migrate.upgrade(url)
+                return True
+            current, head = await migrate.current_revision(url), migrate.head_revision()
+            break
+        except (OSError, SQLAlchemyError) as e:
+            if not _unreachable(e):
+                raise StartupError(f"cannot use the database: {type(e).__name__}: {e}") from e
+            log.warning("cannot reach the database yet (%s); trying again in %.1fs", e, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return False
+        delay = min(delay * 2, keeper.BACKOFF_MAX)
     if current != head:
         raise StartupError(
             f"the database schema is at {current or 'nothing'}, not at {head}: "
             "run `powernode-hub migrate` first"
         )
+    return True
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A refused or dropped connection (worth waiting for), not a wrong password or a bad URL."""
+    chain: BaseException | None = error
+    while chain is not None:
+        if isinstance(chain, ConnectionError | TimeoutError) or (
+            isinstance(chain, OSError) and chain.errno is not None
+        ):
+            return True
+        if type(chain).__name__ in ("CannotConnectNowError", "ConnectionDoesNotExistError"):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False
 
 
 async def _first_start_token(settings: Settings, runtime: HubRuntime) -> Path:
@@ -291,48 +356,51 @@ def _stop_event() -> asyncio.Event:
 
 async def _supervise(
     stop: asyncio.Event,
-    workers: list[arq.Worker],
-    tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]],
+    kept: dict[str, Start],
+    tasks: dict[str, Start],
     *servers: uvicorn.Server,
 ) -> None:
-    """Run the worker and `tasks` until a signal arrives or one of them ends, then stop them all."""
-    for index, worker in enumerate(workers):
-        tasks = {**tasks, f"worker {index + 1}": worker.async_run}
+    """Run `tasks` until a signal arrives or one of them ends, and the `kept` ones (workers,
+    heartbeats, the embedded watchdog) started again whenever they end; then stop them all within
+    SHUTDOWN_SECONDS, whatever state the dependencies are in."""
     running: dict[asyncio.Future[Any], str] = {
         asyncio.ensure_future(start()): name for name, start in tasks.items()
     }
+    keepers = [asyncio.ensure_future(keeper.keep_running(name, start, stop)) for name, start in kept.items()]
     signalled = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([*running, signalled], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
     for server in servers:
         server.should_exit = True
-    for worker in workers:
-        await _stop_worker(worker)
-    for task in [signalled, *running]:
+    for task in [*keepers, *running]:
         if running.get(task) not in ("API", "federation TLS listener"):
+            task.cancel()  # the servers finish their requests (uvicorn's graceful timeout)
+    everything = [signalled, *keepers, *running]
+    _, late = await asyncio.wait(everything, timeout=SHUTDOWN_SECONDS)
+    if late:
+        log.warning("%d part(s) did not stop within %.0fs; cancelling them", len(late), SHUTDOWN_SECONDS)
+        for task in late:
             task.cancel()
-    await asyncio.gather(signalled, *running, return_exceptions=True)
+        await asyncio.wait(late, timeout=keeper.STOP_SECONDS)
     for task in done - {signalled}:
         error = None if task.cancelled() else task.exception()
         raise StartupError(f"the {running[task]} stopped: {error or 'no reason given'}")
 
 
-def _workers_for(settings: Settings, runtime: HubRuntime) -> list[arq.Worker]:
-    """The platform queue's worker, and the primary-duties worker unless this node has none;
-    both on this process's runtime rather than one each."""
-    workers = [arq.Worker(**worker_settings(settings, runtime=runtime))]
+def _kept_parts(settings: Settings, runtime: HubRuntime, *, workers: bool = True) -> dict[str, Start]:
+    """The platform queue's worker, the primary-duties worker unless this node has none (both on
+    this process's runtime), and this node's heartbeat sender, which needs no Redis."""
+    parts: dict[str, Start] = {"heartbeat sender": lambda: heartbeat_loop(runtime)}
+    if not workers:
+        return parts
+    parts["worker 1"] = keeper.worker_runner(
+        lambda: arq.Worker(**worker_settings(settings, runtime=runtime, heartbeats=False))
+    )
     if settings.primary_duties:
-        workers.append(arq.Worker(**worker_settings(settings, primary=True, runtime=runtime)))
-    return workers
-
-
-async def _stop_worker(worker: arq.Worker) -> None:
-    # arq's close() re-raises the cancellation of jobs it interrupts and then skips on_shutdown
-    # (which closes the worker's runtime); wait for the interrupted jobs here first.
-    for job in worker.tasks.values():
-        job.cancel()
-    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-    worker.tasks.clear()
-    await worker.close()
+        parts["worker 2"] = keeper.worker_runner(
+            lambda: arq.Worker(**worker_settings(settings, primary=True, runtime=runtime))
+        )
+    return parts
 
 
 @contextmanager

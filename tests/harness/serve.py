@@ -18,8 +18,11 @@ _CONFIG_PREFIXES = ("DATABASE_", "REDIS_", "VAULT_", "POWERNODE_")
 class ServeProcess:
     """Started with nothing configured (the embedded default), whatever the test session uses."""
 
-    def __init__(self, data_dir: Path, port: int, federation_port: int | None = None):
+    def __init__(
+        self, data_dir: Path, port: int, federation_port: int | None = None, env: dict[str, str] | None = None
+    ):
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.port = port
         self.federation_port = federation_port or free_port()
         self.lines: queue.Queue[str] = queue.Queue()
@@ -36,7 +39,7 @@ class ServeProcess:
         return self.process.pid
 
     def start(self) -> ServeProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)} | self.extra_env
         with self.stderr_file.open("a") as stderr:
             self.process = subprocess.Popen(
                 serve_command(self.data_dir, self.port, self.federation_port),

@@ -12,7 +12,7 @@ async def test_client_reaches_the_app_with_a_ready_database_and_redis(client):
     response = await client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["data"]["checks"] == {"database": True, "redis": True}
+    assert response.json()["data"]["checks"] == {"database": True, "redis": True, "disk": True}
 
 
 async def record(ctx, *, value):

@@ -55,7 +55,7 @@ def test_first_start_serves_and_writes_the_operator_token(start_serve, hub_dir):
     token_file = hub_dir / "operator-token"
 
     assert response.status_code == 200
-    assert response.json()["data"]["checks"] == {"database": True, "redis": True}
+    assert response.json()["data"]["checks"] == {"database": True, "redis": True, "disk": True}
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert token_file.read_text().strip()
     assert token_file.read_text() not in serve.stderr()
