@@ -78,6 +78,8 @@ class FederationSettings(BaseSettings):
     peer_cert_ttl_days: int = Field(default=90, ge=1, le=825)
     # How long after a token's first use the same key may retry accept (never past the token's expiry).
     accept_retry_window_seconds: int = Field(default=900, ge=1, le=86400)
+    # The whole of one call to a peer's federation API, however slowly it answers.
+    call_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
 
 
 class ReplicationSettings(BaseSettings):

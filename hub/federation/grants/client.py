@@ -11,7 +11,8 @@ client, so no private key of ours is kept for it.
 What we send the grant's bearer to is bounded (DESIGN §5): an `https://` URL only, verified
 against the pinned CA and nothing else (no system roots, no proxy from the environment), no
 redirect followed, the answer cut off past MAX_RESPONSE_BYTES and the whole call past
-CALL_DEADLINE seconds. What the child says is parsed here; nothing of it is passed on raw.
+`POWERNODE_FEDERATION_CALL_TIMEOUT_SECONDS`. What the child says is parsed here; nothing of it
+is passed on raw.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from hub.secrets.store import write_private_file
 FEDERATION_SCOPE = "federation"
 CA_CAPABILITY = "federation_ca_pem"
 CLIENT_CERT_DAYS = 1
-CALL_TIMEOUT = 10.0  # connect, each read, each write
-CALL_DEADLINE = 20.0  # the whole call, however slowly the child drips its answer
+CALL_TIMEOUT = 10.0  # connect, each read, each write (the whole call: a setting)
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 MAX_CA_PEM = 64 * 1024
 
@@ -167,11 +167,17 @@ async def _read_bounded(response: httpx.Response) -> bytes:
 
 
 async def _exchange(
-    context: ssl.SSLContext, *, method: str, url: str, headers: dict[str, str], body: dict[str, Any] | None
+    context: ssl.SSLContext,
+    *,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any] | None,
+    per_operation: float,
 ) -> tuple[int, bytes]:
     async with (
         httpx.AsyncClient(
-            verify=context, timeout=CALL_TIMEOUT, follow_redirects=False, trust_env=False
+            verify=context, timeout=per_operation, follow_redirects=False, trust_env=False
         ) as http,
         http.stream(method, url, json=body, headers=headers) as response,
     ):
@@ -200,13 +206,20 @@ async def call(
         headers["Authorization"] = f"Bearer {bearer}"
     context = _ssl_context(runtime, peer_id=peer.id, ca_pem=endpoint.ca_pem)
     url = endpoint.url.rstrip("/") + API_BASE + path
+    deadline = runtime.settings.federation.call_timeout_seconds
     try:
-        async with asyncio.timeout(CALL_DEADLINE):
-            status, raw = await _exchange(context, method=method, url=url, headers=headers, body=body)
+        async with asyncio.timeout(deadline):
+            status, raw = await _exchange(
+                context,
+                method=method,
+                url=url,
+                headers=headers,
+                body=body,
+                per_operation=min(CALL_TIMEOUT, deadline),
+            )
     except TimeoutError as e:
-        raise CallFailed(
-            None, "TIMEOUT", f"no complete answer within {CALL_DEADLINE:g}s calling {path}"
-        ) from e
+        message = f"no complete answer within {deadline:g}s calling {path}"
+        raise CallFailed(None, "TIMEOUT", message) from e
     except httpx.HTTPError as e:
         if _untrusted_certificate(e):
             raise CallFailed(

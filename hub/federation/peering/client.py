@@ -39,6 +39,8 @@ class PeerClient:
         self._http = httpx.AsyncClient(
             verify=credentials.ssl_context(),
             timeout=timeout,
+            trust_env=False,  # our client certificate and the parent's answers go through no proxy
+            follow_redirects=False,
             headers={"User-Agent": "powernode-hub/federation"},
         )
 
