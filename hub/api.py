@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from hub.audit import router as audit_router
 from hub.federation.accept import router as accept_router
 from hub.federation.findings import router as findings_router
 from hub.federation.grants import router as grants_router
@@ -28,3 +29,4 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(policies_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.federation_router, prefix=API_PREFIX)
+    app.include_router(audit_router.router, prefix=API_PREFIX)

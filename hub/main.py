@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from hub import api, guard
+from hub import api, console, guard
 from hub.config import Settings, get_settings
 from hub.exceptions import HubError
 from hub.federation.peering import router as peering_router
@@ -174,4 +174,5 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     api.include_routers(app)
+    console.install(app)
     return app
