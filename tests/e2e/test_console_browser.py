@@ -170,7 +170,7 @@ def test_emancipation_on_the_childs_console_shows_on_the_parents(parent: Hub, pa
     sign_in(page, parent.url, operator_token(parent.data_dir))
     page.goto(f"{parent.url}/console/children/{child_id}")
     page.click("#read-remote")
-    expect(page.locator("#remote-result")).to_contain_text("no longer matches a live grant")
+    expect(page.locator("#remote-result")).to_contain_text("refused the call")
     page.goto(parent.url + "/console/findings")
     expect(page.locator("tr.finding[data-kind=peer_grant_revoked]")).to_have_count(1)
     shot(page, "09-parent-findings")
