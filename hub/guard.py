@@ -5,6 +5,8 @@ the app:
 - PostgreSQL unreachable (refused, dropped, starting up, shutting down, pool exhausted waiting for
   it): 503 `DATABASE_UNAVAILABLE`;
 - Redis unreachable: 503 `REDIS_UNAVAILABLE`;
+- a full disk (ENOSPC, EDQUOT) under a secret or file the hub writes: 507 `INSUFFICIENT_STORAGE`
+  (the transaction was rolled back, so nothing half-made stays);
 - a serialization failure or a deadlock: the transaction was rolled back, so the request is run
   again (its body replayed) up to `RETRIES` times, then 503 `TRY_AGAIN`.
 Nothing is retried once the response has started."""
@@ -12,6 +14,7 @@ Nothing is retried once the response has started."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import random
@@ -62,8 +65,10 @@ def _sqlstate(error: BaseException) -> str | None:
 
 
 def classify(error: BaseException) -> str | None:
-    """'retry', 'database', 'redis' or None (not ours: a real bug, left to the 500 handler)."""
+    """'retry', 'database', 'redis', 'disk' or None (not ours: a real bug, left to the 500 handler)."""
     chain = _chain(error)
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain):
+        return "disk"
     if any(isinstance(e, RedisConnectionError | RedisTimeoutError) for e in chain):
         return "redis"
     in_database = any(isinstance(e, DBAPIError | PoolTimeout) for e in chain) or any(
@@ -105,13 +110,15 @@ def _raised_in_database(error: BaseException) -> bool:
 _MESSAGES = {
     "database": ("DATABASE_UNAVAILABLE", "The database is unavailable; try again shortly"),
     "redis": ("REDIS_UNAVAILABLE", "Redis (the job queue) is unavailable; try again shortly"),
+    "disk": ("INSUFFICIENT_STORAGE", "The hub's data dir is full: nothing was kept; free space and retry"),
     "retry": ("TRY_AGAIN", "The request collided with a concurrent change; try again"),
 }
 
 
 def unavailable_response(kind: str) -> tuple[int, bytes]:
     code, message = _MESSAGES[kind]
-    return 503, json.dumps(error_body(message, code), separators=(",", ":")).encode()
+    status = 507 if kind == "disk" else 503
+    return status, json.dumps(error_body(message, code), separators=(",", ":")).encode()
 
 
 class _Replay:

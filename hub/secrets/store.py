@@ -54,8 +54,13 @@ def _private_temp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a nearly full disk may take part of a write
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial secret behind
+        raise
     finally:
         os.close(fd)
     return tmp

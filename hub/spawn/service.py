@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict
 from hub.federation.accept import service as accept_service
+from hub.federation.findings import service as findings_service
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
@@ -29,6 +31,7 @@ from shared_contract.payload import SpawnPayload
 from shared_contract.version import CONTRACT_VERSION_LABEL
 
 log = logging.getLogger(__name__)
+PROVISION_FAILED = "node_provision_failed"
 
 
 @dataclass(frozen=True)
@@ -178,14 +181,37 @@ async def _provision(
         provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
         result = await provisioner.provision(node=spec, template=template_spec, payload=payload)
     except ProvisionError as e:
-        await _record_node(session, node.id, state="failed", error=e.message)
+        await _provision_failed(session, node=node, peer=peer, message=e.message)
         raise ProvisionError(
             f"Provisioning failed: {e.message}",
+            details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
+        ) from e
+    except OSError as e:  # a full disk under the node's directory, payload or console log
+        shutil.rmtree(spec.work_dir, ignore_errors=True)  # nothing half-written stays behind
+        message = f"cannot write the node's files under {spec.work_dir.parent}: {e.strerror or e}"
+        await _provision_failed(session, node=node, peer=peer, message=message)
+        raise ProvisionError(
+            f"Provisioning failed: {message}",
             details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
         ) from e
     await _record_node(
         session, node.id, state=result.state, provider_ref=result.provider_ref, details=result.details
     )
+
+
+async def _provision_failed(
+    session: AsyncSession, *, node: NodeInstance, peer: FederationPeer, message: str
+) -> None:
+    """The node is marked failed and a finding says so: the child is never left half-made."""
+    await findings_service.open_finding(
+        session,
+        kind=PROVISION_FAILED,
+        subject=str(node.id),
+        peer_id=peer.id,
+        message=f"{peer.name}: provisioning failed ({message}); fix that, revoke it and spawn again",
+        severity="error",
+    )
+    await _record_node(session, node.id, state="failed", error=message)
 
 
 async def _record_node(session: AsyncSession, node_id: uuid.UUID, **values: object) -> None:
