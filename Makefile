@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= .powernode
 
-.PHONY: install test lint schemas run demo bench clean
+.PHONY: install test lint schemas run demo bench chaos clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check hub child_agent shared_contract tests migrations bench
+	$(BIN)/ruff check hub child_agent shared_contract tests migrations bench chaos
 	$(BIN)/ruff format --check hub child_agent shared_contract
 	$(BIN)/mypy
 
@@ -39,6 +39,10 @@ bench: $(STAMP)
 		apt-get install -y -qq --no-install-recommends wrk >/dev/null; } || \
 		echo "wrk is not installed and cannot be installed here: the heartbeat and accept benchmarks need it"
 	$(BIN)/python -m bench
+
+# Minutes: kill -9 the parent's parts under load, check invariants (CHAOS_SECONDS, default 600).
+chaos: $(STAMP)
+	$(BIN)/python -m chaos
 
 clean:
 	rm -rf $(VENV) .powernode .bench
