@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= .powernode
 
-.PHONY: install test lint schemas run demo bench chaos clean
+.PHONY: install test lint schemas run demo bench chaos mutate clean
 
 install: $(STAMP)
 
@@ -44,5 +44,9 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m chaos
 
+# Mutation testing of the security-critical modules (not part of `make test`): BUDGET minutes.
+mutate: $(STAMP)
+	$(BIN)/python -m tests.harness.mutate $(if $(BUDGET),--budget-minutes $(BUDGET))
+
 clean:
-	rm -rf $(VENV) .powernode .bench
+	rm -rf $(VENV) .powernode .bench mutants

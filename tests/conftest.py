@@ -10,6 +10,7 @@ Redis db flushed before and after), `settings`, `runtime`, `client`, `run_jobs`,
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -84,7 +85,11 @@ def databases(pg_server: Any) -> DatabaseFactory:
 
 @pytest.fixture(scope="session")
 async def migrated_template(databases: DatabaseFactory) -> AsyncIterator[str]:
-    """The name of a database with the real Alembic migrations applied, once per session."""
+    """The name of a database with the real Alembic migrations applied, once per session (or the
+    one `PN_TEST_TEMPLATE_DATABASE` names, migrated by whoever runs many sessions: `make mutate`)."""
+    if given := os.environ.get("PN_TEST_TEMPLATE_DATABASE"):
+        yield given
+        return
     name = databases.new_name("template")
     await migrate.upgrade(await databases.create(name))
     yield name

@@ -1,7 +1,8 @@
 """The cluster_member standby against a real primary, and promote through the CLI.
 
-The tests in this module share one primary and one standby and run in file order: the last one
-promotes the standby.
+The tests in this module share one primary and one streaming standby (built once, from a
+half-done backup a crashed earlier run left); the promotion test promotes a standby of its own, so
+the tests pass alone and in any order.
 """
 
 import secrets
@@ -58,20 +59,33 @@ def credential(primary: PostgresServer) -> ReplicationCredential:
 
 
 @pytest.fixture(scope="module")
-def standby(module_dir: Path) -> Iterator[pg_replica.Standby]:
+def half_done(module_dir: Path) -> pg_replica.Standby:
     """A standby whose directory holds a half-done backup left by a crashed earlier run."""
     data_dir = module_dir / "child" / "pg-replica" / "data"
     data_dir.mkdir(parents=True)
     (data_dir / "PG_VERSION").write_text("18\n")
     (data_dir / "half-copied-file").write_bytes(b"\0" * 1024)
     data_dir.with_name("data.basebackup-in-progress").touch()
-    node = pg_replica.Standby(
+    return pg_replica.Standby(
         data_dir, port=free_port(), pg_bin=pg_bin_dir(), owner=server_user(), login_role=ROLE
     )
+
+
+@pytest.fixture(scope="module")
+def standby_info(
+    half_done: pg_replica.Standby, credential: ReplicationCredential
+) -> Iterator[pg_replica.StandbyInfo]:
+    """What the agent's first run does with it: redo the backup, start streaming."""
     try:
-        yield node
+        yield pg_replica.ensure_standby(half_done, credential=credential)
     finally:
-        _stop(data_dir)
+        _stop(half_done.data_dir)
+
+
+@pytest.fixture(scope="module")
+def standby(half_done: pg_replica.Standby, standby_info: pg_replica.StandbyInfo) -> pg_replica.Standby:
+    """The streaming standby."""
+    return half_done
 
 
 def _stop(data_dir: Path) -> None:
@@ -93,9 +107,9 @@ def _sql(primary: PostgresServer, port: int, sql: str) -> str:
 
 
 def test_a_half_done_backup_is_redone_and_the_standby_streams(
-    primary: PostgresServer, credential: ReplicationCredential, standby: pg_replica.Standby
+    primary: PostgresServer, standby_info: pg_replica.StandbyInfo, standby: pg_replica.Standby
 ) -> None:
-    info = pg_replica.ensure_standby(standby, credential=credential)
+    info = standby_info
     assert (info.data_dir, info.port) == (str(standby.data_dir), standby.port)
     assert not (standby.data_dir / "half-copied-file").exists()
     assert not standby.marker.exists()
@@ -119,15 +133,18 @@ def test_rows_written_on_the_primary_appear_on_the_standby(
     primary: PostgresServer, standby: pg_replica.Standby
 ) -> None:
     primary.psql("CREATE TABLE replicated (note text); INSERT INTO replicated VALUES ('from the parent')")
+    assert _replayed(primary, standby, "replicated")
+    assert _sql(primary, standby.port, "SELECT pg_is_in_recovery()") == "t"
 
+
+def _replayed(primary: PostgresServer, standby: pg_replica.Standby, table: str) -> bool:
     def replayed() -> bool:
         try:
-            return _sql(primary, standby.port, "SELECT note FROM replicated") == "from the parent"
+            return _sql(primary, standby.port, f"SELECT note FROM {table}") == "from the parent"
         except Exception:
             return False
 
-    assert wait_until(replayed, timeout=30, interval=0.1)
-    assert _sql(primary, standby.port, "SELECT pg_is_in_recovery()") == "t"
+    return wait_until(replayed, timeout=30, interval=0.1)
 
 
 def test_a_rerun_reuses_the_complete_backup_without_a_credential(standby: pg_replica.Standby) -> None:
@@ -149,10 +166,8 @@ def test_foreign_data_is_never_deleted(tmp_path: Path, credential: ReplicationCr
     assert (data_dir / "PG_VERSION").exists()
 
 
-@pytest.fixture(scope="module")
-def state_dir(module_dir: Path, credential: ReplicationCredential, standby: pg_replica.Standby) -> Path:
+def _write_state(state: Path, credential: ReplicationCredential, standby: pg_replica.Standby) -> Path:
     """The state a cluster_member's first run leaves behind."""
-    state = module_dir / "agent-state"
     block = ClusterPgBlock(state="ready", **credential.model_dump()).without_password()
     FirstRunResult(
         peer_id="3b0c0000-0000-4000-8000-000000000003",
@@ -166,6 +181,32 @@ def state_dir(module_dir: Path, credential: ReplicationCredential, standby: pg_r
         completed_at="2030-01-01T00:00:05+00:00",
     ).write(state / "first-run-result.json")
     return state
+
+
+@pytest.fixture(scope="module")
+def state_dir(module_dir: Path, credential: ReplicationCredential, standby: pg_replica.Standby) -> Path:
+    return _write_state(module_dir / "agent-state", credential, standby)
+
+
+@pytest.fixture
+def own_standby(
+    module_dir: Path, primary: PostgresServer, credential: ReplicationCredential
+) -> Iterator[tuple[pg_replica.Standby, ReplicationCredential]]:
+    """A streaming standby of its own (its own slot), for a test that promotes it."""
+    slot = "powernode_repl_" + secrets.token_hex(16)
+    primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+    own = credential.model_copy(update={"slot_name": slot})
+    directory = Path(tempfile.mkdtemp(prefix="own-", dir=module_dir))
+    directory.chmod(0o755)  # the server user must reach the data directory below
+    node = pg_replica.Standby(
+        directory / "data", port=free_port(), pg_bin=pg_bin_dir(), owner=server_user(), login_role=ROLE
+    )
+    try:
+        pg_replica.ensure_standby(node, credential=own)
+        yield node, own
+    finally:
+        _stop(node.data_dir)
+        primary.psql(f"SELECT pg_drop_replication_slot('{slot}')")
 
 
 def test_promote_is_refused_while_the_old_primary_answers(
@@ -187,13 +228,18 @@ def test_promote_without_a_terminal_needs_yes(
 
 
 def test_promote_yes_force_makes_the_standby_writable(
-    primary: PostgresServer, credential: ReplicationCredential, standby: pg_replica.Standby, state_dir: Path
+    primary: PostgresServer, own_standby: tuple[pg_replica.Standby, ReplicationCredential], tmp_path: Path
 ) -> None:
+    standby, credential = own_standby
+    state_dir = _write_state(tmp_path / "agent-state", credential, standby)
+    primary.psql("CREATE TABLE promoted (note text); INSERT INTO promoted VALUES ('from the parent')")
+    assert _replayed(primary, standby, "promoted")
+
     done = run_agent("promote", "--state-dir", state_dir, "--yes", "--force")
     assert done.returncode == 0, done.stderr
     assert f"primary on port {standby.port}" in done.stdout
-    _sql(primary, standby.port, "INSERT INTO replicated VALUES ('written on the promoted child')")
-    assert _sql(primary, standby.port, "SELECT count(*) FROM replicated") == "2"
+    _sql(primary, standby.port, "INSERT INTO promoted VALUES ('written on the promoted child')")
+    assert _sql(primary, standby.port, "SELECT count(*) FROM promoted") == "2"
     assert (state_dir / "promotion.json").exists() and file_mode(state_dir / "promotion.json") == 0o600
     again = run_agent("promote", "--state-dir", state_dir, "--yes")
     assert again.returncode == 0 and "already promoted" in again.stdout

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from hub.config import Settings
 from hub.embedded.postgres import PostgresServer
@@ -17,6 +18,8 @@ from hub.embedded.process import pid_alive
 from hub.federation import bootstrap, member
 from shared_contract.first_run import FirstRunResult
 from tests.e2e.hubs import Hub, halt_node, hub_env
+
+pytestmark = pytest.mark.e2e
 
 TEMPLATE = "powernode-hub-cluster-member"
 
@@ -42,8 +45,9 @@ async def query(url: str, sql: str, *args: object) -> object:
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
     binary = str(Path(sys.executable).with_name("powernode-child-agent"))
-    return subprocess.run([binary, *args], capture_output=True, text=True, env=hub_env(), timeout=120,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [binary, *args], capture_output=True, text=True, env=hub_env(), timeout=120, stdin=subprocess.DEVNULL
+    )
 
 
 async def test_member_streams_runs_on_the_parents_database_and_revoke_drops_its_slot(parent):
@@ -65,8 +69,9 @@ async def test_member_streams_runs_on_the_parents_database_and_revoke_drops_its_
     else:
         raise AssertionError("the row never reached the member's standby")
 
-    reciprocal = await query(primary_url, "SELECT spawn_role FROM federation_peer WHERE id = $1",
-                             bootstrap.parent_row_id(result))
+    reciprocal = await query(
+        primary_url, "SELECT spawn_role FROM federation_peer WHERE id = $1", bootstrap.parent_row_id(result)
+    )
     assert reciprocal == "child"  # the member's record lives in the shared database
     listed = parent.api("GET", "/api/v1/system/federation/children").json()["data"]["children"]
     assert str(bootstrap.parent_row_id(result)) not in {c["id"] for c in listed}
@@ -77,8 +82,9 @@ async def test_member_streams_runs_on_the_parents_database_and_revoke_drops_its_
     assert revoke.status_code == 200
 
     for _ in range(100):  # the parent's primary-duties worker tears it down
-        if not await query(primary_url, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                           pg["slot_name"]):
+        if not await query(
+            primary_url, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", pg["slot_name"]
+        ):
             break
         await asyncio.sleep(0.3)
     else:

@@ -1,9 +1,12 @@
 """End to end with real hubs: the managed child's grant on both sides, emancipation, policy
 cascade by mode, and `peer.revoke!` from either side.
 
-One parent (`powernode-hub serve`, embedded default); its local provisioner boots three children:
-a managed_child that emancipates, an autonomous_peer that revokes its parent, and a managed_child
-the parent revokes. Each child is a whole hub with its own PostgreSQL, Redis and operator API.
+One parent (`powernode-hub serve`, embedded default); its local provisioner boots four children:
+a managed_child the parent reads and cascades to, a managed_child that emancipates, an
+autonomous_peer that revokes its parent, and a managed_child the parent revokes. Each child is a
+whole hub with its own PostgreSQL, Redis and operator API. A test that changes a child for good
+has that child to itself, and one that changes the parent's policies removes them again, so the
+tests pass alone and in any order.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ssl
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,12 +116,16 @@ def federation_endpoint_known(parent: Hub, child_id: str) -> bool:
     return any(e.get("scope") == "federation" for e in parent.child(child_id)["endpoints"])
 
 
+pytestmark = pytest.mark.e2e
+
+
 @pytest.fixture(scope="module")
-def children(parent: Hub) -> dict[str, Child]:
-    """Three children booted at once; the parent knows where each one's federation API is."""
+def booted(parent: Hub) -> dict[str, Child]:
+    """Four children booted at once; the parent knows where each one's federation API is."""
     spawned = {
         name: parent.spawn(mode)["child"]["id"]
         for name, mode in (
+            ("managed", "managed_child"),
             ("emancipating", "managed_child"),
             ("autonomous", "autonomous_peer"),
             ("revoked_by_parent", "managed_child"),
@@ -132,21 +140,44 @@ def children(parent: Hub) -> dict[str, Child]:
 
 
 @pytest.fixture(scope="module")
-def bearers(parent: Hub, children: dict[str, Child]) -> list[str]:
-    """The plaintext bearer credentials, read from the parent's secret store while they live."""
+def bearers(parent: Hub, booted: dict[str, Child]) -> list[str]:
+    """The plaintext bearer credentials, read from the parent's secret store while they live
+    (right after the boot, before any test revokes a grant)."""
     store = LocalEncryptedStore(parent.data_dir)
     found = []
     for grant in data(parent.api("GET", f"{FEDERATION}/grants", params={"direction": "held"}))["grants"]:
         secret = asyncio.run(store.get(f"federation_grant_bearer/{grant['id']}"))
         assert secret and secret["bearer"].startswith("pngb_")
         found.append(secret["bearer"])
-    assert len(found) == 2
+    assert len(found) == 3
     return found
 
 
+@pytest.fixture(scope="module")
+def children(booted: dict[str, Child], bearers: list[str]) -> dict[str, Child]:
+    return booted
+
+
 @pytest.fixture
-def emancipating(children: dict[str, Child], bearers: list[str]) -> Child:
+def managed(children: dict[str, Child]) -> Child:
+    """A managed child that keeps its grant: tests change it only inside try/finally."""
+    return children["managed"]
+
+
+@pytest.fixture
+def emancipating(children: dict[str, Child]) -> Child:
     return children["emancipating"]
+
+
+@contextmanager
+def parent_policies(parent: Hub, *bodies: dict[str, Any]) -> Iterator[None]:
+    """Policies on the parent for one test; deleted afterwards (the cascade carries that too)."""
+    ids = [data(parent.api("POST", POLICIES, json=body))["policy"]["id"] for body in bodies]
+    try:
+        yield
+    finally:
+        for policy_id in ids:
+            parent.api("DELETE", f"{POLICIES}/{policy_id}")
 
 
 @pytest.fixture
@@ -196,33 +227,33 @@ def cli(hub: Hub, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def test_the_parent_reads_its_managed_child_through_the_grant(parent, emancipating):
-    peer = data(remote(parent, emancipating, "peer"))["peer"]
-    audit = data(remote(parent, emancipating, "audit_events"))["events"]
+def test_the_parent_reads_its_managed_child_through_the_grant(parent, managed):
+    peer = data(remote(parent, managed, "peer"))["peer"]
+    audit = data(remote(parent, managed, "audit_events"))["events"]
 
     assert peer["spawn_role"] == "child" and peer["status"] == "active"
     assert [(g["direction"], g["state"]) for g in peer["grants"]] == [("granted", "active")]
     assert "peer.bootstrap" in [e["action"] for e in audit]
 
 
-def test_the_child_enforces_scope_and_allowlists(parent, emancipating):
+def test_the_child_enforces_scope_and_allowlists(parent, managed):
     set_grant = "UPDATE federation_grant SET permission_scopes = $1::jsonb, allowlists = $2::jsonb"
-    emancipating.sql(set_grant, json.dumps(["read"]), "{}")
+    managed.sql(set_grant, json.dumps(["read"]), "{}")
     try:
-        read_only = (remote(parent, emancipating, "peer"), remote(parent, emancipating, "audit_events"))
-        emancipating.sql(
+        read_only = (remote(parent, managed, "peer"), remote(parent, managed, "audit_events"))
+        managed.sql(
             set_grant, json.dumps(["read", "write", "admin"]), json.dumps({"actions": ["system.peer.read"]})
         )
         allowlisted = (
-            remote(parent, emancipating, "peer"),
-            remote(parent, emancipating, "intervention_policies"),
+            remote(parent, managed, "peer"),
+            remote(parent, managed, "intervention_policies"),
         )
     finally:
-        emancipating.sql(set_grant, json.dumps(["read", "write", "admin"]), "{}")
+        managed.sql(set_grant, json.dumps(["read", "write", "admin"]), "{}")
 
     assert read_only[0].status_code == 200 and refusal(read_only[1]) == (502, 403, "GRANT_DENIED")
     assert allowlisted[0].status_code == 200 and refusal(allowlisted[1]) == (502, 403, "GRANT_DENIED")
-    assert remote(parent, emancipating, "audit_events").status_code == 200
+    assert remote(parent, managed, "audit_events").status_code == 200
 
 
 def held_bearer(parent: Hub, child: Child) -> str:
@@ -234,95 +265,107 @@ def held_bearer(parent: Hub, child: Child) -> str:
     return str(secret["bearer"])
 
 
-def test_a_child_never_takes_its_own_certificate_for_its_parent(parent, emancipating, parent_certificate):
+def test_a_child_never_takes_its_own_certificate_for_its_parent(parent, managed, parent_certificate):
     """Issue 11 #16, over the child's real TLS listener: its own certificate (CN `fed:<id>`, from
     the parent's CA, the id the parent has for it) is refused; the parent's own one is taken."""
-    own = json.loads((emancipating.data_dir / "agent" / "first-run-result.json").read_text())
-    ca_file = str(emancipating.data_dir / "tls" / "ca.crt")
-    url, bearer = emancipating.federation_url, held_bearer(parent, emancipating)
+    own = json.loads((managed.data_dir / "agent" / "first-run-result.json").read_text())
+    ca_file = str(managed.data_dir / "tls" / "ca.crt")
+    url, bearer = managed.federation_url, held_bearer(parent, managed)
     own_cert = (own["client_cert_path"], own["client_key_path"])
 
     as_itself = mtls_call(url, "GET", "/peer", cert=own_cert, ca_file=ca_file, bearer=bearer)
     as_parent = mtls_call(
-        url, "GET", "/peer", cert=parent_certificate(emancipating), ca_file=ca_file, bearer=bearer
+        url, "GET", "/peer", cert=parent_certificate(managed), ca_file=ca_file, bearer=bearer
     )
 
     assert as_itself.status_code == 401 and as_itself.json()["code"] == "UNAUTHORIZED"
     assert as_parent.status_code == 200
 
 
-def test_a_cascade_push_dated_in_the_future_is_refused(parent, emancipating, parent_certificate):
+def test_a_cascade_push_dated_in_the_future_is_refused(parent, managed, parent_certificate):
     """Issue 11 #16: the parent's own certificate and bearer, a push dated 10 years ahead → 422."""
-    context = ssl.create_default_context(cafile=str(emancipating.data_dir / "tls" / "ca.crt"))
-    context.load_cert_chain(*parent_certificate(emancipating))
+    context = ssl.create_default_context(cafile=str(managed.data_dir / "tls" / "ca.crt"))
+    context.load_cert_chain(*parent_certificate(managed))
     body = {"generated_at": "2036-01-01T00:00:00+00:00", "policies": []}
-    before = emancipating.policies()
+    before = managed.policies()
 
     with httpx.Client(verify=context, timeout=30) as http:
         response = http.put(
-            emancipating.federation_url + FEDERATION_API + "/intervention_policies",
+            managed.federation_url + FEDERATION_API + "/intervention_policies",
             json=body,
-            headers={"Authorization": f"Bearer {held_bearer(parent, emancipating)}"},
+            headers={"Authorization": f"Bearer {held_bearer(parent, managed)}"},
         )
 
     assert response.status_code == 422 and response.json()["code"] == "CASCADE_FROM_THE_FUTURE"
-    assert emancipating.policies() == before
+    assert managed.policies() == before
 
 
-def test_an_expired_grant_is_refused_until_it_is_live_again(parent, emancipating):
-    emancipating.sql("UPDATE federation_grant SET expires_at = now() - interval '1 minute'")
+def test_an_expired_grant_is_refused_until_it_is_live_again(parent, managed):
+    managed.sql("UPDATE federation_grant SET expires_at = now() - interval '1 minute'")
     try:
-        expired = remote(parent, emancipating, "peer")
+        expired = remote(parent, managed, "peer")
         findings = parent.findings(state="open", kind="peer_grant_expired")
     finally:
-        emancipating.sql("UPDATE federation_grant SET expires_at = now() + interval '365 days'")
+        managed.sql("UPDATE federation_grant SET expires_at = now() + interval '365 days'")
 
     assert refusal(expired) == (502, 401, "GRANT_EXPIRED")
-    assert [f["peer_id"] for f in findings] == [emancipating.id]
-    assert remote(parent, emancipating, "peer").status_code == 200
+    assert [f["peer_id"] for f in findings] == [managed.id]
+    assert remote(parent, managed, "peer").status_code == 200
     assert parent.findings(state="open", kind="peer_grant_expired") == []
-    assert parent.child(emancipating.id)["emancipated"] is False
+    assert parent.child(managed.id)["emancipated"] is False
 
 
-def test_policies_cascade_by_mode_and_the_childs_override_wins(parent, children, emancipating):
+def test_policies_cascade_by_mode_and_the_childs_override_wins(parent, children, managed):
     autonomous = children["autonomous"]
-    for pattern, decision, tags in (
-        ("system.*", "deny", []),
-        ("system.spawn", "require_approval", ["cluster"]),
-        ("billing.*", "deny", []),
-    ):
-        body = {"action_pattern": pattern, "decision": decision, "scope_tags": tags}
-        data(parent.api("POST", POLICIES, json=body))
+    posted = [
+        {"action_pattern": pattern, "decision": decision, "scope_tags": tags}
+        for pattern, decision, tags in (
+            ("system.*", "deny", []),
+            ("system.spawn", "require_approval", ["cluster"]),
+            ("billing.*", "deny", []),
+        )
+    ]
     cascaded = [
         ("system.*", "deny", "cascaded", False),
         ("system.spawn", "require_approval", "cascaded", False),
     ]
-    eventually(lambda: emancipating.policies() == cascaded)
+    with parent_policies(parent, *posted):
+        eventually(lambda: managed.policies() == cascaded)
+        override = data(
+            managed.api("POST", POLICIES, json={"action_pattern": "system.spawn", "decision": "allow"})
+        )["policy"]
+        try:
+            mine = managed.policies()
+            decisions = [managed.evaluate(a) for a in ("system.spawn", "system.restart", "billing.charge")]
+            seen_by_parent = data(remote(parent, managed, "intervention_policies"))["policies"]
+            others = autonomous.policies()
+        finally:
+            managed.api("DELETE", f"{POLICIES}/{override['id']}")
 
-    data(emancipating.api("POST", POLICIES, json={"action_pattern": "system.spawn", "decision": "allow"}))
-
-    assert emancipating.policies() == [
+    assert mine == [
         ("system.*", "deny", "cascaded", False),
         ("system.spawn", "allow", "local", False),
         ("system.spawn", "require_approval", "cascaded", True),
     ]
-    assert emancipating.evaluate("system.spawn") == "allow"
-    assert emancipating.evaluate("system.restart") == "deny"
-    assert emancipating.evaluate("billing.charge") == "allow"
-    seen_by_parent = data(remote(parent, emancipating, "intervention_policies"))["policies"]
+    assert decisions == ["allow", "deny", "allow"]
     assert {(p["action_pattern"], p["origin"], p["overridden"]) for p in seen_by_parent} == {
         ("system.*", "cascaded", False),
         ("system.spawn", "local", False),
         ("system.spawn", "cascaded", True),
     }
-    assert autonomous.policies() == []
+    assert others == []
 
 
 def test_emancipation_then_mutual_emancipation(parent, emancipating):
+    with parent_policies(parent, {"action_pattern": "system.emancipation.*", "decision": "deny"}):
+        eventually(lambda: ("system.emancipation.*", "deny", "cascaded", False) in emancipating.policies())
+        _emancipate_then_revoke_mutually(parent, emancipating)
+
+
+def _emancipate_then_revoke_mutually(parent: Hub, emancipating: Child) -> None:
     [granted] = emancipating.data(
         "GET", f"{FEDERATION}/grants", params={"resource_kind": "managed_child_operator"}
     )["grants"]
-    pushed_before = parent.child(emancipating.id)["metadata"].get("policy_cascade")
 
     revoked = emancipating.data(
         "POST", f"{FEDERATION}/grants/{granted['id']}/revoke", json={"reason": "mine now"}
@@ -333,16 +376,22 @@ def test_emancipation_then_mutual_emancipation(parent, emancipating):
     assert refusal(next_call) == (502, 401, "GRANT_REVOKED")
     child = parent.child(emancipating.id)
     assert child["status"] == "active" and child["emancipated"] is True
+    # From here on (the parent knows), nothing more reaches the child: a push is refused.
+    pushed_before = child["metadata"].get("policy_cascade")
     assert "peer_grant_revoked" in [f["kind"] for f in child["findings"]]
     assert [f["peer_id"] for f in parent.findings(state="open", kind="peer_grant_revoked")] == [
         emancipating.id
     ]
 
-    data(parent.api("POST", POLICIES, json={"action_pattern": "system.federation.*", "decision": "deny"}))
     before = emancipating.policies()
-    assert not wait_until(lambda: emancipating.policies() != before, 3, interval=0.3)
+    with parent_policies(parent, {"action_pattern": "system.federation.*", "decision": "deny"}):
+        assert not wait_until(lambda: emancipating.policies() != before, 3, interval=0.3)
     assert parent.child(emancipating.id)["metadata"].get("policy_cascade") == pushed_before
-    [kept] = [p for p in emancipating.data("GET", POLICIES)["policies"] if p["action_pattern"] == "system.*"]
+    [kept] = [
+        p
+        for p in emancipating.data("GET", POLICIES)["policies"]
+        if p["action_pattern"] == "system.emancipation.*"
+    ]
     assert kept["origin"] == "cascaded"
     assert emancipating.api("DELETE", f"{POLICIES}/{kept['id']}").status_code == 200
 

@@ -32,8 +32,27 @@ from hub.operators.service import ALL_PERMISSIONS, create_operator_token
 from hub.secrets.store import LocalEncryptedStore
 from tests.hub.helpers import ACCEPT, SPAWN, make_csr
 
+pytestmark = pytest.mark.e2e
+
 CRONS = ("federation_findings_sweep", "replication_slot_janitor")
-CRON_WINDOW = 6.0  # seconds both workers run side by side: about six one-second periods
+CRON_RUNS = 3  # periods each cron job must have run while both workers run side by side
+
+
+def _cron_runs(workers: list[Process], name: str, *, since: float) -> set[str]:
+    """Job ids of the periods of `name` that ended well in any worker, from `since` on (a line
+    still being written is read next time)."""
+    runs = set()
+    for worker in workers:
+        for line in worker.log.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            job_id = str(event.get("job_id", ""))
+            if event.get("function") == name and event.get("outcome") == "ok" and job_id[-1:].isdigit():
+                if int(job_id.rsplit(":", 1)[-1]) >= since * 1000:
+                    runs.add(job_id)
+    return runs
 
 
 class Process:
@@ -187,7 +206,10 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
         child = (
             await http.get(f"{urls[1]}/api/v1/system/federation/children/{child_id}", headers=headers)
         ).json()
-        await asyncio.sleep(max(0.0, together_since + CRON_WINDOW - time.time()))
+        # However loaded the machine, wait (with a deadline) until each cron ran a few periods.
+        async with asyncio.timeout(120):
+            while any(len(_cron_runs(workers, name, since=together_since)) < CRON_RUNS for name in CRONS):
+                await asyncio.sleep(0.2)
         api_metrics = [(await http.get(f"{url}/metrics")).text for url in urls]
         worker_metrics = [(await http.get(f"http://127.0.0.1:{m}/metrics")).text for m in metrics_ports]
     ca_file = data_dir / "ca" / "ca.crt"
@@ -213,7 +235,7 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
     bearer = await LocalEncryptedStore(data_dir).get(f"federation_grant_bearer/{won['grant']['id']}")
     assert bearer is not None and bearer["bearer"] == won["grant"]["bearer_token"]
 
-    # Every cron job ran once per period: no period twice (across both workers), none skipped.
+    # Every cron job ran at most once per period: no period twice (across both workers).
     events = [event for worker in workers for event in worker.events()]
     redis = aioredis.Redis.from_url(redis_url)
     try:
@@ -222,8 +244,9 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
             # One id per period (name:<period start in ms>) is what lets workers agree on who runs it.
             assert all(re.fullmatch(rf"{name}:\d+", job_id) for job_id in runs), runs
             periods = sorted(int(job_id.rsplit(":", 1)[1]) for job_id in runs)
-            assert len(runs) == len(set(runs)) >= CRON_WINDOW - 2, (name, runs)
-            assert [b - a for a, b in pairwise(periods)] == [1000] * (len(periods) - 1)
+            assert len(runs) == len(set(runs)) >= CRON_RUNS, (name, runs)
+            # Distinct one-second periods; on a loaded machine one may pass without a run.
+            assert all(b > a and (b - a) % 1000 == 0 for a, b in pairwise(periods)), periods
             # arq's own record: a cron run keeps its in-progress key for a minute, so no worker repeats it.
             marks = {key.decode() async for key in redis.scan_iter(f"arq:in-progress:{name}:*")}
             assert {f"arq:in-progress:{job_id}" for job_id in runs} <= marks

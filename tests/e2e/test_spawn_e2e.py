@@ -14,6 +14,8 @@ from hub.embedded.postgres import PostgresServer
 from hub.embedded.process import wait_until
 from tests.e2e.hubs import Hub, child_serve_state, halt_node, hub_env
 
+pytestmark = pytest.mark.e2e
+
 
 def node_dir(parent: Hub, child: dict) -> Path:
     return Path(child["node_instance"]["details"]["work_dir"])

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.harness.mtls import federation_listener, peer_client
+from tests.harness.listeners import federation_listener, peer_client
 from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
 API = "/api/v1/system/federation_api"

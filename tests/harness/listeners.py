@@ -1,7 +1,9 @@
-"""The hub's own federation TLS listener, served in-process on a free port: real mTLS for tests.
+"""The hub served in-process on free ports, on the test's own runtime: real sockets for tests.
 
-`federation_listener(settings, runtime)` yields its https URL; `peer_client(url, dir, cert, key,
-ca)` is an httpx client that presents a client certificate and pins the federation CA.
+`federation_listener(settings, runtime)` yields the https URL of the federation TLS listener (real
+mTLS); `api_listener(settings, runtime)` the http URL of the operator API, for the real CLI in a
+subprocess; `peer_client(url, dir, cert, key, ca)` is an httpx client that presents a client
+certificate and pins the federation CA.
 """
 
 from __future__ import annotations
@@ -30,8 +32,22 @@ class _Server(uvicorn.Server):
 
 @asynccontextmanager
 async def federation_listener(settings: Settings, runtime: HubRuntime) -> AsyncIterator[str]:
+    config = federation_tls.uvicorn_config(create_app(settings, runtime), runtime, settings)
+    async with _serving(config, "https") as url:
+        yield url
+
+
+@asynccontextmanager
+async def api_listener(settings: Settings, runtime: HubRuntime) -> AsyncIterator[str]:
+    config = uvicorn.Config(create_app(settings, runtime), lifespan="off", log_level="warning")
+    async with _serving(config, "http") as url:
+        yield url
+
+
+@asynccontextmanager
+async def _serving(config: uvicorn.Config, scheme: str) -> AsyncIterator[str]:
     sock = bind_listener("127.0.0.1", 0)
-    server = _Server(federation_tls.uvicorn_config(create_app(settings, runtime), runtime, settings))
+    server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(60):
@@ -39,7 +55,7 @@ async def federation_listener(settings: Settings, runtime: HubRuntime) -> AsyncI
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-        yield f"https://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         await task
