@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import CertificateSigningRequestBuilder, Name, NameAttribute
 from cryptography.x509.oid import NameOID
 
-from tests.harness.mtls import federation_listener, peer_client
+from tests.harness.listeners import federation_listener, peer_client
 from tests.hub.grants.child_side import new_ca
 from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
