@@ -62,10 +62,18 @@ def tls_context(ca_pem: str, client_cert: tuple[Path, Path] | None = None) -> ss
 
 
 class ParentClient:
-    """One parent, reached at the payload's parent_url; use it as a context manager."""
+    """One parent, reached at the payload's parent_url (or the federation URL it named at accept),
+    always verified against the payload's CA; use it as a context manager."""
 
-    def __init__(self, payload: SpawnPayload, *, client_cert: tuple[Path, Path] | None = None) -> None:
-        self.base_url = payload.parent_url.rstrip("/")
+    def __init__(
+        self,
+        payload: SpawnPayload,
+        *,
+        client_cert: tuple[Path, Path] | None = None,
+        base_url: str | None = None,
+    ) -> None:
+        # base_url: the parent's federation URL from the accept answer, for calls with client_cert.
+        self.base_url = (base_url or payload.parent_url).rstrip("/")
         scheme = urlsplit(self.base_url).scheme
         if scheme != "https" and not (scheme == "http" and payload.allows_plain_http):
             raise PayloadInvalid(

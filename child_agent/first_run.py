@@ -138,7 +138,7 @@ def _cluster_member(
     credential = _delivered(block)
     needs_password = not pg_replica.base_backup_done(options.standby_dir)
     if block is None or block.state != "ready" or (needs_password and credential is None):
-        credential = _fetch_credential(payload, ident, options.max_wait)
+        credential = _fetch_credential(payload, ident, options.max_wait, accepted.federation_url)
         block = _block_of(credential, block)
         save_accept(paths, accepted.model_copy(update={"cluster_pg": block}))
     if credential is not None:
@@ -186,13 +186,15 @@ def _block_of(credential: ReplicationCredential, previous: ClusterPgBlock | None
 
 
 def _fetch_credential(
-    payload: SpawnPayload, ident: Identity, max_wait: float | None
+    payload: SpawnPayload, ident: Identity, max_wait: float | None, federation_url: str | None
 ) -> ReplicationCredential:
     if ident.client_cert is None:
         raise AgentError("the parent issued no client certificate to fetch the replication credential with")
     log.info("fetching the replication credential from the parent")
     backoff = Backoff.for_seconds(_wait(max_wait, DEFAULT_CREDENTIAL_WAIT))
-    with ParentClient(payload, client_cert=ident.client_cert) as parent:
+    # The client certificate goes where the parent said it is checked (its federation listener);
+    # the parent_url may be its plain-http API.
+    with ParentClient(payload, client_cert=ident.client_cert, base_url=federation_url) as parent:
         return parent.replication_credential(backoff=backoff)
 
 
@@ -208,6 +210,7 @@ def _result(
         peer_id=accepted.peer_id,
         parent_peer_id=payload.parent_peer_id,
         parent_url=payload.parent_url,
+        federation_url=accepted.federation_url,
         spawn_mode=mode,
         contract_version_agreed=accepted.contract_version_agreed,
         accepted_at=accepted.accepted_at,

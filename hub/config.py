@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path(".powernode")
     public_url: str | None = None
+    # Where peers present their client certificate (see hub.federation.endpoints).
+    federation_url: str | None = None
     provisioner: Literal["local", "manual", "qemu"] = "local"
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"

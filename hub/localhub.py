@@ -108,10 +108,12 @@ class LocalHub:
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(method, self.url + path, headers=self.headers, timeout=30, **kwargs)
 
-    def spawn(self, mode: str, template: str = "powernode-hub") -> dict[str, Any]:
+    def spawn(
+        self, mode: str, template: str = "powernode-hub", parent_url: str | None = None
+    ) -> dict[str, Any]:
         body = {
             "spawn_mode": mode,
-            "parent_url": self.federation_url,
+            "parent_url": parent_url or self.federation_url,
             "spawn_target": {"template_id": template},
         }
         response = self.api("POST", f"{API}/children/spawn", json=body)

@@ -95,4 +95,7 @@ class AcceptResponseData(WireModel):
     grant: GrantInfo | None = None
     cluster_pg: ClusterPgBlock | None = None
     parent_platform_url: UrlStr | None = None
+    # Where the child presents its client certificate (enroll, heartbeats, the replication
+    # credential); it may differ from the parent_url the child accepted at.
+    federation_url: UrlStr | None = None
     redis_url: UrlStr | None = Field(default=None, repr=False)

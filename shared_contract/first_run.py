@@ -24,6 +24,8 @@ class FirstRunResult(WireModel):
     peer_id: ShortStr
     parent_peer_id: ShortStr
     parent_url: UrlStr
+    # Where to present the client certificate, when the parent said (else parent_url).
+    federation_url: UrlStr | None = None
     spawn_mode: ShortStr
     contract_version_agreed: int
     accepted_at: IsoTimestamp

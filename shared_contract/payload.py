@@ -60,6 +60,8 @@ class SpawnPayload(BaseModel):
     token_expires_at: str = ""
     provisioner: str = ""
     region: str = ""
+    # The operator who spawned the child (the original records the initiating user's id).
+    initiated_by_user_id: str = ""
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

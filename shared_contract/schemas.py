@@ -119,6 +119,32 @@ def _objects(node: Schema, root: Schema, path: str) -> Iterator[tuple[str, Schem
             yield from _objects(node[key], root, path + suffix)
 
 
+def _types(node: Schema, root: Schema) -> set[str] | None:
+    """The JSON types a property accepts, or None when it accepts anything."""
+    node = _resolve(node, root)
+    branches = [*node.get("anyOf", ()), *node.get("oneOf", ())]
+    if branches:
+        found: set[str] = set()
+        for branch in branches:
+            types = _types(branch, root)
+            if types is None:
+                return None
+            found |= types
+        return found
+    kind = node.get("type")
+    if kind is None:
+        return {"object"} if "properties" in node else None
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _narrowed(old: set[str] | None, new: set[str] | None) -> list[str]:
+    """The types a value could have had that it may no longer have (integer counts as number)."""
+    if old is None or new is None:
+        return [] if new is None else ["any"]
+    covered = new | ({"integer"} if "number" in new else set())
+    return sorted(old - covered)
+
+
 def _pair(
     old: list[tuple[str, Schema]], new: list[tuple[str, Schema]]
 ) -> Iterator[tuple[str, Schema, Schema]]:
@@ -141,7 +167,10 @@ def _compare(
     newly_required = set(new.get("required", ())) - set(old.get("required", ()))
     problems = [f"{path}.{name}: property removed" for name in old_props if name not in new_props]
     problems += [f"{path}.{name}: newly required" for name in sorted(newly_required)]
-    for name in old_props.keys() & new_props.keys():
+    for name in sorted(old_props.keys() & new_props.keys()):
+        old_types, new_types = _types(old_props[name], roots[0]), _types(new_props[name], roots[1])
+        if lost := _narrowed(old_types, new_types):
+            problems.append(f"{path}.{name}: no longer accepts {', '.join(lost)}")
         old_objs = list(_objects(old_props[name], roots[0], f"{path}.{name}"))
         new_objs = list(_objects(new_props[name], roots[1], f"{path}.{name}"))
         for sub_path, old_obj, new_obj in _pair(old_objs, new_objs):
@@ -151,7 +180,8 @@ def _compare(
 
 
 def breaking_changes(old: Schema, new: Schema) -> list[str]:
-    """Return properties removed or newly required from old to new, through nested models."""
+    """Return properties removed, newly required or narrowed in type (a value valid before is
+    refused now) from old to new, through nested models."""
     title = old.get("title", "$")
     return _compare(_resolve(old, old), _resolve(new, new), (old, new), title, set())
 

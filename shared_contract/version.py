@@ -1,12 +1,24 @@
 """The federation contract version: the integer accept carries and the payload's "v1" label."""
 
 from collections.abc import Iterable
+from importlib import metadata
 
 CONTRACT_VERSION = 1
 CONTRACT_VERSION_LABEL = "v1"
 SUPPORTED_CONTRACT_VERSIONS: tuple[int, ...] = (1,)
 # Semver of the committed JSON Schemas; a breaking schema change needs a major bump.
 SCHEMA_VERSION = "1.0.0"
+
+
+def _platform_version() -> str:
+    try:
+        return metadata.version("powernode-spawn")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0.1.0"
+
+
+# The platform's own version: heartbeats report it, the parent negotiates schema compatibility on it.
+PLATFORM_VERSION = _platform_version()
 
 
 class UnsupportedContractVersion(ValueError):

@@ -25,6 +25,7 @@ from shared_contract.accept import Endpoint
 from shared_contract.enroll import EnrollRequest
 from shared_contract.first_run import FirstRunResult
 from shared_contract.heartbeat import HeartbeatRequest
+from shared_contract.version import PLATFORM_VERSION
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1d7c1e-6a49-4c55-9a55-2f0f0b5d1e11")
@@ -56,7 +57,9 @@ async def ingest_first_run(runtime: HubRuntime) -> uuid.UUID | None:
                 spawn_role="child",
                 spawn_mode=result.spawn_mode,
                 status="accepted",
-                remote_url=result.parent_url,
+                # Where we call the parent with our certificate: the federation URL its accept
+                # answer named, else the parent_url we were spawned with.
+                remote_url=result.federation_url or result.parent_url,
                 remote_platform_id=result.parent_peer_id,
                 contract_version=result.contract_version_agreed,
                 client_cert_fingerprint=result.client_cert_fingerprint,
@@ -164,7 +167,8 @@ async def sync_with_parent(runtime: HubRuntime) -> str | None:
                 runtime.extras[_ANNOUNCED] = announcement
             if parent.status == "accepted":
                 await _set_status(runtime, parent.id, "enrolled", enrolled_at=utcnow())
-            data = await client.call("POST", "/heartbeat", HeartbeatRequest(platform_version="0.1.0"))
+            beat = HeartbeatRequest(platform_version=PLATFORM_VERSION)
+            data = await client.call("POST", "/heartbeat", beat)
     except PeerCallFailed as e:
         log.warning("parent %s did not take our call: %s %s", parent.remote_url, e.status or "", e.message)
         return None

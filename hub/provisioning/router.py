@@ -26,14 +26,8 @@ class TemplateView(BaseModel):
 
 
 def _modes(template: Any) -> list[str]:
-    modes = []
-    for mode in ("managed_child", "autonomous_peer", "cluster_member"):
-        try:
-            templates_service.check_fits(template, spawn_mode=mode)
-            modes.append(mode)
-        except templates_service.TemplateMismatch:
-            pass
-    return modes
+    modes = ("managed_child", "autonomous_peer", "cluster_member")
+    return [mode for mode in modes if templates_service.fits(template, spawn_mode=mode)]
 
 
 @router.get("", response_model=Envelope[dict[str, list[TemplateView]]])

@@ -29,19 +29,28 @@ async def get_or_raise(session: AsyncSession, *, template_id: str) -> NodeTempla
     return template
 
 
-def check_fits(template: NodeTemplate, *, spawn_mode: str) -> None:
+def fits(template: NodeTemplate, *, spawn_mode: str) -> bool:
     """cluster_member needs pg-replica and no postgres; the other modes need postgres."""
     has_replica, has_postgres = _has(template, "pg-replica"), _has(template, "postgres")
-    if spawn_mode == "cluster_member" and (not has_replica or has_postgres):
-        raise TemplateMismatch(
-            f"Template {template.id!r} cannot host a cluster_member: it needs the pg-replica "
-            "module and must not run its own postgres (try powernode-hub-cluster-member)"
-        )
-    if spawn_mode != "cluster_member" and (has_replica or not has_postgres):
-        raise TemplateMismatch(
-            f"Template {template.id!r} cannot host a {spawn_mode}: it needs its own postgres "
-            "module and no pg-replica (try powernode-hub)"
-        )
+    if spawn_mode == "cluster_member":
+        return has_replica and not has_postgres
+    return has_postgres and not has_replica
+
+
+async def check_fits(session: AsyncSession, template: NodeTemplate, *, spawn_mode: str) -> None:
+    """422 naming the templates that would fit, so an operator knows what to pick instead."""
+    if fits(template, spawn_mode=spawn_mode):
+        return
+    if spawn_mode == "cluster_member":
+        why = "it needs the pg-replica module and must not run its own postgres"
+    else:
+        why = "it needs its own postgres module and no pg-replica"
+    fitting = [t.id for t in await get_all(session) if fits(t, spawn_mode=spawn_mode)]
+    pick = f"templates that fit: {', '.join(fitting)}" if fitting else "no template here fits it"
+    raise TemplateMismatch(
+        f"Template {template.id!r} cannot host a {spawn_mode}: {why}; {pick}",
+        details={"template_id": template.id, "spawn_mode": spawn_mode, "fitting_templates": fitting},
+    )
 
 
 def spec(template: NodeTemplate) -> TemplateSpec:

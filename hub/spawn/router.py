@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query
 
 from hub.dependencies import OperatorT, RuntimeDep, SessionDep, require
 from hub.federation.peers import service as peers_service
-from hub.federation.peers.schemas import ChildEnvelope, ChildList, ChildSummary
+from hub.federation.peers.schemas import ChildEnvelope, ChildList
 from hub.operators import permissions
 from hub.spawn import service as spawn_service
 from hub.spawn.schemas import RevokeRequest, RotateTokenRequest, SpawnRequest, SpawnResponse
@@ -23,7 +23,9 @@ Manager = Annotated[OperatorT, Depends(require(permissions.CHILDREN_MANAGE))]
 @router.post("/spawn", status_code=201, response_model=Envelope[SpawnResponse])
 async def spawn(request: SpawnRequest, session: SessionDep, runtime: RuntimeDep, operator: Spawner) -> dict:
     """Spawn a child: peer `proposed`, a single-use token (shown once), the payload handed off."""
-    result = await spawn_service.spawn(session, runtime=runtime, request=request, actor=operator.actor)
+    result = await spawn_service.spawn(
+        session, runtime=runtime, request=request, actor=operator.actor, initiated_by=operator.id
+    )
     child = await peers_service.detail(session, result.peer)
     return envelope(
         SpawnResponse(child=child, acceptance_token=result.token, spawn_payload=result.payload_view())
@@ -59,7 +61,7 @@ async def show(child_id: str, session: SessionDep, operator: Reader) -> dict:
     return envelope(ChildEnvelope(child=await peers_service.detail(session, peer)))
 
 
-@router.post("/{child_id}/revoke", response_model=Envelope[dict[str, ChildSummary]])
+@router.post("/{child_id}/revoke", response_model=Envelope[ChildEnvelope])
 async def revoke(
     child_id: str,
     session: SessionDep,
@@ -75,8 +77,8 @@ async def revoke(
         reason=request.reason if request else None,
         actor=operator.actor,
     )
-    [summary] = await peers_service.summaries(session, [peer])
-    return envelope({"child": summary})
+    # The full child view, as show answers (the original returns it too).
+    return envelope(ChildEnvelope(child=await peers_service.detail(session, peer)))
 
 
 @router.post("/{child_id}/rotate_token", response_model=Envelope[SpawnResponse])

@@ -58,6 +58,8 @@ class SpawnPayloadView(BaseModel):
     parent_peer_id: str
     child_template_id: str
     contract_version: str
+    region: str | None = None
+    initiated_by_user_id: str | None = None
 
 
 class SpawnResponse(BaseModel):

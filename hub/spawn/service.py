@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import uuid
@@ -9,12 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import cast, literal, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict
+from hub.federation import endpoints
 from hub.federation.accept import service as accept_service
 from hub.federation.findings import service as findings_service
 from hub.federation.peers import service as peers_service
@@ -22,7 +25,7 @@ from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
 from hub.provisioning import service as provisioning_service
 from hub.provisioning import templates as templates_service
-from hub.provisioning.base import ProvisionError
+from hub.provisioning.base import ProvisionError, ProvisionResult
 from hub.provisioning.models import NodeInstance
 from hub.runtime import HubRuntime
 from hub.secrets import tokens
@@ -52,6 +55,8 @@ class SpawnResult:
             parent_peer_id=p.parent_peer_id,
             child_template_id=p.child_template_id,
             contract_version=p.contract_version,
+            region=p.region or None,
+            initiated_by_user_id=p.initiated_by_user_id or None,
         )
 
 
@@ -78,6 +83,7 @@ def build_payload(
         token_expires_at=expires_at.isoformat(),
         provisioner=node.provider if node else "manual",
         region=peer.region or "",
+        initiated_by_user_id=str(spawn.get("initiated_by_user_id") or ""),
     )
 
 
@@ -97,12 +103,19 @@ async def _issue_token(session: AsyncSession, *, peer_id: uuid.UUID, ttl: int) -
 
 @metrics.counts_spawns
 async def spawn(
-    session: AsyncSession, *, runtime: HubRuntime, request: SpawnRequest, actor: str
+    session: AsyncSession,
+    *,
+    runtime: HubRuntime,
+    request: SpawnRequest,
+    actor: str,
+    initiated_by: str | None = None,
 ) -> SpawnResult:
+    """`initiated_by`: the id of the operator who asked (the payload's initiated_by_user_id)."""
     settings = runtime.settings
     target = request.spawn_target
+    endpoints.check_parent_url(settings, runtime.extras, request.parent_url)
     template = await templates_service.get_or_raise(session, template_id=target.template_id)
-    templates_service.check_fits(template, spawn_mode=request.spawn_mode)
+    await templates_service.check_fits(session, template, spawn_mode=request.spawn_mode)
     peer_id = uuid.uuid4()
     short = peer_id.hex[:8]
     node = None
@@ -118,6 +131,8 @@ async def spawn(
         session.add(node)
         await session.flush()
     spawn_metadata: dict[str, Any] = {"parent_url": request.parent_url, "manual_attach": target.manual_attach}
+    if initiated_by:
+        spawn_metadata["initiated_by_user_id"] = initiated_by
     if request.spawn_mode == "managed_child":
         spawn_metadata |= await accept_service.prepare_held_grant(runtime)
     peer = FederationPeer(
@@ -129,7 +144,9 @@ async def spawn(
         template_id=template.id,
         region=target.region,
         node_instance_id=node.id if node else None,
-        metadata_={"spawn": spawn_metadata},
+        metadata_={"spawn": spawn_metadata, "provisioner_response": _manual_attach_response()}
+        if node is None
+        else {"spawn": spawn_metadata},
     )
     session.add(peer)
     await session.flush()
@@ -155,6 +172,7 @@ async def spawn(
             payload=payload,
             peer=peer,
         )
+        await session.refresh(peer)  # metadata.provisioner_response
     if peer.spawn_mode == "cluster_member":
         await enqueue_replica_setup(runtime, peer_id=peer.id)
     return SpawnResult(peer=peer, token=token, payload=payload)
@@ -182,6 +200,9 @@ async def _provision(
         result = await provisioner.provision(node=spec, template=template_spec, payload=payload)
     except ProvisionError as e:
         await _provision_failed(session, node=node, peer=peer, message=e.message)
+        await _record_response(
+            session, peer.id, {"ok": False, "manual_attach_required": False, "error": e.message}
+        )
         raise ProvisionError(
             f"Provisioning failed: {e.message}",
             details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
@@ -197,6 +218,39 @@ async def _provision(
     await _record_node(
         session, node.id, state=result.state, provider_ref=result.provider_ref, details=result.details
     )
+    await _record_response(session, peer.id, _provisioned_response(node, result))
+
+
+def _manual_attach_response() -> dict[str, Any]:
+    """spawn_target.manual_attach: no provisioner ran; the operator attaches the host."""
+    return {"ok": True, "manual_attach_required": True, "provisioner": None}
+
+
+def _provisioned_response(node: NodeInstance, result: ProvisionResult) -> dict[str, Any]:
+    """The original's `metadata.provisioner_response`: what the provisioner answered."""
+    return {
+        "ok": True,
+        # The manual provisioner only stages the payload: someone still has to boot the host.
+        "manual_attach_required": node.provider == "manual",
+        "provisioner": node.provider,
+        "node_instance_id": str(node.id),
+        "provider_ref": result.provider_ref,
+        "state": result.state,
+    }
+
+
+async def _record_response(session: AsyncSession, peer_id: uuid.UUID, response: dict[str, Any]) -> None:
+    await session.execute(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer_id)
+        .values(
+            metadata_=FederationPeer.metadata_.op("||")(
+                cast(literal(json.dumps({"provisioner_response": response})), JSONB)
+            ),
+            updated_at=utcnow(),
+        )
+    )
+    await session.commit()
 
 
 async def _provision_failed(

@@ -32,7 +32,7 @@ from hub.config import Settings
 from hub.database import session_scope
 from hub.embedded.process import write_private
 from hub.embedded.services import EmbeddedServices
-from hub.federation import member
+from hub.federation import endpoints, member
 from hub.main import create_app
 from hub.observability import logging as hub_logging
 from hub.observability import metrics
@@ -183,10 +183,16 @@ async def _serve(
     embedded = services is not None
     if not await _prepare_schema(settings, stop, embedded=embedded):
         return
+    public_url_configured = bool(settings.public_url)
     settings = _with_public_url(settings, listener)
     runtime = await _open_runtime(settings, stop)
     if runtime is None:
         return
+    runtime.extras[endpoints.EXTRAS_KEY] = endpoints.Listeners(
+        api_url=_url("http", listener),
+        federation_url=_url("https", tls_listener),
+        public_url_configured=public_url_configured,
+    )
     try:
         token_file = await _first_start_token(settings, runtime) if embedded else None
         for hook in on_start:
@@ -206,7 +212,9 @@ async def _serve(
         tasks = {
             "API": lambda: api.serve(sockets=[listener]),
             "federation TLS listener": lambda: federation.serve(sockets=[tls_listener]),
-            "announcer": lambda: _announce(api, listener, tls_listener, settings.data_dir, token_file),
+            "announcer": lambda: _announce(
+                api, listener, tls_listener, settings.data_dir, token_file, _guidance(settings, runtime)
+            ),
         }
         # Start-up leaves ~150k long-lived objects; a full collection over them stalls every
         # request in flight for ~100 ms. Frozen, they are never scanned again.
@@ -333,6 +341,7 @@ async def _announce(
     tls_listener: socket.socket,
     data_dir: Path,
     token_file: Path | None,
+    guidance: str,
 ) -> None:
     await api.ready.wait()
     url, federation_url = _url("http", listener), _url("https", tls_listener)
@@ -340,10 +349,26 @@ async def _announce(
     print(f"Federation (mTLS): {federation_url}", flush=True)
     if token_file is not None:
         print(f"Operator token: {token_file}", flush=True)
+    print(guidance, flush=True)
     # The operator commands (`powernode-hub spawn` …) find this hub through it.
     state = {"url": url, "federation_url": federation_url, "pid": os.getpid()}
     announce.write(data_dir, state)
     await asyncio.Event().wait()  # stay pending: only the API and the worker end the supervision
+
+
+def _guidance(settings: Settings, runtime: HubRuntime) -> str:
+    """Which URL is for whom, in one line: the first question of anyone who just started a hub."""
+    bound = endpoints.listeners(runtime.extras)
+    federation_url = endpoints.federation_url(settings, runtime.extras, request_host=None)
+    if bound is None or bound.public_url_configured or settings.federation_url:
+        return (
+            f"Operators use {settings.public_url}; children use it as their parent_url and present "
+            f"their client certificate at {federation_url or settings.public_url}."
+        )
+    return (
+        f"Operators and the CLI use {bound.api_url}. As a spawn's parent_url either URL works: "
+        f"children accept there and are told to enroll and heartbeat at {bound.federation_url}."
+    )
 
 
 def _stop_event() -> asyncio.Event:

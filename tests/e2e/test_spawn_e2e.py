@@ -65,6 +65,21 @@ async def test_a_spawned_child_reaches_active_with_matching_rows(parent, mode):
         assert held == [] and grants == []
 
 
+async def test_a_child_spawned_with_the_plain_api_url_reaches_active(parent):
+    # The URL `serve` prints first: the child accepts over plain http there, and the accept answer
+    # sends it to the federation listener for enroll and heartbeats with its certificate.
+    spawned = parent.spawn("managed_child", parent_url=parent.url)
+    child_id = spawned["child"]["id"]
+    assert spawned["spawn_payload"]["parent_url"] == parent.url
+
+    child = parent.wait_for(child_id, "active")
+
+    assert child["enrolled_at"] and child["last_heartbeat_at"]
+    assert child["remote_instance_url"].startswith("http://127.0.0.1:")
+    peers, _ = await child_rows(node_dir(parent, child))
+    assert [p["remote_url"] for p in peers] == [parent.federation_url]
+
+
 async def test_a_silent_child_degrades_with_a_finding_and_recovers(parent):
     child_id = parent.spawn("autonomous_peer")["child"]["id"]
     child = parent.wait_for(child_id, "active")

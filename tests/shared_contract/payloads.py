@@ -23,4 +23,5 @@ def full_payload() -> SpawnPayload:
         token_expires_at="2030-01-01T00:00:00Z",
         provisioner="qemu",
         region="eu-west",
+        initiated_by_user_id="5b2d9c1e-0000-4000-8000-000000000003",
     )

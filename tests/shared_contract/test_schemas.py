@@ -4,7 +4,7 @@ import shutil
 import pytest
 from pydantic import create_model
 
-from shared_contract import AcceptRequest, AcceptResponseData, ClusterPgBlock, schemas
+from shared_contract import AcceptRequest, AcceptResponseData, ClusterPgBlock, HeartbeatRequest, schemas
 from shared_contract.version import SCHEMA_VERSION
 
 
@@ -75,16 +75,22 @@ def test_making_an_optional_field_required_is_a_breaking_change():
 
     changes = schemas.breaking_changes(schemas.schema_of(AcceptRequest), schemas.schema_of(changed))
 
-    assert changes == ["AcceptRequest.csr_pem: newly required"]
+    assert changes == [
+        "AcceptRequest.csr_pem: newly required",
+        "AcceptRequest.csr_pem: no longer accepts null",
+    ]
 
 
 def test_breaking_changes_in_nested_models_are_found_through_defs():
     pg = create_model("ClusterPgBlock", __base__=ClusterPgBlock, prepared_at=(str, ...))
-    changed = create_model("AcceptResponseData", __base__=AcceptResponseData, cluster_pg=(pg, None))
+    changed = create_model("AcceptResponseData", __base__=AcceptResponseData, cluster_pg=(pg | None, None))
 
     changes = schemas.breaking_changes(schemas.schema_of(AcceptResponseData), schemas.schema_of(changed))
 
-    assert changes == ["AcceptResponseData.cluster_pg.prepared_at: newly required"]
+    assert changes == [
+        "AcceptResponseData.cluster_pg.prepared_at: newly required",
+        "AcceptResponseData.cluster_pg.prepared_at: no longer accepts null",
+    ]
 
 
 def test_adding_an_optional_field_is_not_breaking():
@@ -112,3 +118,30 @@ def test_cli_check_exits_1_with_one_line_per_problem(schema_copy, capsys):
     assert schemas.main(["--check", "--dir", str(schema_copy)]) == 1
     assert capsys.readouterr().err == "missing schema file endpoint.json\n"
     assert schemas.main(["--check"]) == 0
+
+
+def test_narrowing_a_type_is_a_breaking_change():
+    # The first heartbeat contract took sync_cursor as a string; the original sends an object.
+    # Taking only an object would refuse every string sender, and the check must say so.
+    changed = create_model("HeartbeatRequest", __base__=HeartbeatRequest, sync_cursor=(dict | None, None))
+
+    changes = schemas.breaking_changes(schemas.schema_of(HeartbeatRequest), schemas.schema_of(changed))
+
+    assert changes == ["HeartbeatRequest.sync_cursor: no longer accepts string"]
+
+
+def test_widening_a_type_is_not_breaking():
+    old = create_model("HeartbeatRequest", __base__=HeartbeatRequest, sync_cursor=(str | None, None))
+
+    assert schemas.breaking_changes(schemas.schema_of(old), schemas.schema_of(HeartbeatRequest)) == []
+
+
+def test_the_heartbeat_takes_the_originals_sync_cursor_object_and_our_string():
+    original = {
+        "capabilities": {"v": 2},
+        "endpoints": [{"url": "https://peer.example.com:443", "scope": "wan", "priority": 1}],
+        "sync_cursor": {"accounts": {"last_id": "abc"}},
+    }
+
+    assert HeartbeatRequest.model_validate(original).sync_cursor == {"accounts": {"last_id": "abc"}}
+    assert HeartbeatRequest.model_validate({"sync_cursor": "c-1"}).sync_cursor == "c-1"

@@ -25,5 +25,7 @@ async def accept(request: Request, session: SessionDep, runtime: RuntimeDep) -> 
         body = json.loads(raw or b"null")
     except ValueError:
         raise Unprocessable("request body must be JSON", code="INVALID_REQUEST") from None
-    data = await accept_service.accept(session, runtime=runtime, body=body)
+    data = await accept_service.accept(
+        session, runtime=runtime, body=body, request_host=request.headers.get("host")
+    )
     return envelope(data.to_wire())

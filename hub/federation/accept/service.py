@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.database import utcnow
 from hub.exceptions import Conflict, Unauthorized, Unprocessable
+from hub.federation import endpoints
 from hub.federation.grants.models import MANAGED_CHILD_OPERATOR, FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
@@ -96,6 +97,7 @@ def _accepted_values(request: AcceptRequest, agreed: int) -> dict[str, Any]:
         "contract_version": agreed,
         "endpoints": [e.model_dump(exclude_none=True) for e in request.endpoints],
         "capabilities": request.capabilities,
+        "extension_slugs": request.extension_slugs,
     }
     if child is not None:
         values.update(
@@ -123,7 +125,7 @@ _CONSUME_AND_ACCEPT = """
     )
     UPDATE federation_peer AS p SET
         status = 'accepted', accepted_at = now(), updated_at = now(), contract_version = $4,
-        endpoints = $5::jsonb, capabilities = $6::jsonb,
+        endpoints = $5::jsonb, capabilities = $6::jsonb, extension_slugs = $9::jsonb,
         remote_platform_id = coalesce($7, p.remote_platform_id), remote_url = coalesce($8, p.remote_url)
     FROM consumed
     WHERE p.id = consumed.peer_id AND p.status = 'proposed'
@@ -163,6 +165,7 @@ async def _consume_and_accept(
         json.dumps(request.capabilities),
         child.platform_id if child else None,
         child.url if child else None,
+        json.dumps(request.extension_slugs),
     )
     if row is None:
         return None
@@ -284,14 +287,17 @@ async def _prepared_bearer(runtime: HubRuntime, peer: FederationPeer) -> tuple[u
     return grant_id, bearer
 
 
-# The certificate's fingerprint and the audit event in one round trip (accept is a hot path).
+# signed_at (the peering is signed: with a CSR also the certificate's fingerprint) and the audit
+# event in one round trip (accept is a hot path).
 _SIGNED_AND_AUDITED = text(
     """
     WITH signed AS (
         UPDATE federation_peer
-        SET client_cert_fingerprint = CAST(:fingerprint AS text),
-            client_cert_serial = CAST(:serial AS text), signed_at = now()
-        WHERE id = CAST(:peer_id AS uuid) AND CAST(:fingerprint AS text) IS NOT NULL
+        SET client_cert_fingerprint = coalesce(CAST(:fingerprint AS text), client_cert_fingerprint),
+            client_cert_serial = coalesce(CAST(:serial AS text), client_cert_serial),
+            signed_at = CASE WHEN CAST(:fingerprint AS text) IS NULL THEN coalesce(signed_at, now())
+                             ELSE now() END
+        WHERE id = CAST(:peer_id AS uuid)
     )
     INSERT INTO audit_event (actor, action, target, outcome, details)
     VALUES (:actor, :action, CAST(:peer_id AS text), 'success', CAST(:details AS jsonb))
@@ -304,7 +310,9 @@ def _iso(value: datetime | None) -> str:
 
 
 @metrics.counts_accept_failures
-async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> AcceptResponseData:
+async def accept(
+    session: AsyncSession, *, runtime: HubRuntime, body: Any, request_host: str | None = None
+) -> AcceptResponseData:
     request, agreed = parse_request(body)
     plaintext = request.acceptance_token.strip()
     csr = ca_service.parse_csr(request.csr_pem) if request.csr_pem else None
@@ -333,6 +341,9 @@ async def accept(session: AsyncSession, *, runtime: HubRuntime, body: Any) -> Ac
         "handshake_at": _iso(None),
         "spawn_mode": peer.spawn_mode,
         "parent_platform_url": runtime.settings.public_url,
+        "federation_url": endpoints.federation_url(
+            runtime.settings, runtime.extras, request_host=request_host
+        ),
     }
     fingerprint = serial = None
     if csr is not None:

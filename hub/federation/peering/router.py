@@ -17,7 +17,8 @@ from hub.federation import peering
 from hub.federation.grants import service as grants_service
 from hub.federation.peering import auth
 from hub.federation.peering import service as peering_service
-from hub.federation.peering.heartbeats import HeartbeatBatcher
+from hub.federation.peering.compat import schema_compatibility
+from hub.federation.peering.heartbeats import NOTHING_REPORTED, HeartbeatBatcher, Reported
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import service as policies_service
@@ -178,13 +179,14 @@ async def _beat(runtime: HubRuntime, scope: Scope, receive: Receive) -> dict:
         trusted_proxies=runtime.settings.federation.trusted_proxies,
     )
     body = await _read_body(receive)
+    reported = NOTHING_REPORTED
     if body.strip():
         try:
-            HeartbeatRequest.model_validate(json.loads(body))
+            reported = _reported(HeartbeatRequest.model_validate(json.loads(body)))
         except (ValueError, ValidationError):
             raise Unprocessable("invalid heartbeat body", code="INVALID_REQUEST") from None
     try:
-        beat = await _batcher(runtime).beat(identity.peer_id, identity.cert_fingerprint)
+        beat = await _batcher(runtime).beat(identity.peer_id, identity.cert_fingerprint, reported)
     except Exception as e:  # the database is away: say so, in the one error shape
         raise ServiceUnavailable("heartbeat not recorded: the database is unavailable") from e
     if beat is None:
@@ -194,9 +196,36 @@ async def _beat(runtime: HubRuntime, scope: Scope, receive: Receive) -> dict:
             "status": beat.status,
             "last_heartbeat_at": beat.last_heartbeat_at.isoformat(),
             "our_endpoints": [],
-            "schema_compatibility": {"contract_version": 1, "compatible": True},
+            "schema_compatibility": schema_compatibility(beat.platform_version),
         }
     )
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value, separators=(",", ":")) if value else None
+
+
+def _text(value: str | None) -> str | None:
+    return (value or "").strip() or None
+
+
+def _reported(request: HeartbeatRequest) -> Reported:
+    """What the body says, the original's way: a blank value leaves the stored one unchanged."""
+    if request == _EMPTY_HEARTBEAT:
+        return NOTHING_REPORTED
+    endpoints = [e.model_dump(exclude_none=True) for e in request.endpoints or ()]
+    cursor = request.sync_cursor.strip() if isinstance(request.sync_cursor, str) else request.sync_cursor
+    return Reported(
+        capabilities=_json(request.capabilities),
+        endpoints=_json(endpoints),
+        sync_cursor=_json(cursor),
+        extension_slugs=_json([slug.strip() for slug in request.extension_slugs or () if slug.strip()]),
+        platform_version=_text(request.platform_version),
+        data_residency=_text(request.data_residency),
+    )
+
+
+_EMPTY_HEARTBEAT = HeartbeatRequest()
 
 
 async def heartbeat(runtime: HubRuntime, scope: Scope, receive: Receive, send: Send) -> None:

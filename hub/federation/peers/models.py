@@ -53,6 +53,13 @@ class FederationPeer(Base):
     )
     endpoints: Mapped[list[Any]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     capabilities: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
+    # What the peer reports at accept and in its heartbeats (the original's columns).
+    extension_slugs: Mapped[list[Any]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    sync_cursor: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
+    platform_version: Mapped[str | None] = mapped_column(String(100))
+    data_residency: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = now_column()
     signed_at: Mapped[datetime | None]

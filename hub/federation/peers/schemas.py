@@ -95,6 +95,10 @@ class FindingView(_View):
 class ChildDetail(ChildSummary):
     endpoints: list[Any]
     capabilities: dict[str, Any]
+    extension_slugs: list[Any]
+    sync_cursor: dict[str, Any] | str | None
+    platform_version: str | None
+    data_residency: str | None
     metadata: dict[str, Any]
     signed_at: datetime | None
     spawn_role: str

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, cast, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import service as audit_service
@@ -36,6 +38,7 @@ from hub.provisioning.models import NodeInstance
 from hub.runtime import HubRuntime
 
 MAX_PAGE = 500
+DEFAULT_REVOCATION_REASON = "operator-initiated"
 
 
 def parse_peer_id(value: str) -> uuid.UUID:
@@ -68,11 +71,17 @@ async def _live_tokens(session: AsyncSession, peer_ids: list[uuid.UUID]) -> dict
     return {peer_id: expires_at for peer_id, expires_at in rows}
 
 
+def remote_instance_url(peer: FederationPeer) -> str | None:
+    """The child's own URL once it reported one; until then, as the original, the spawn's URL."""
+    spawn = (peer.metadata_ or {}).get("spawn") or {}
+    return peer.remote_url or spawn.get("parent_url") or None
+
+
 def _summary_fields(peer: FederationPeer, token_expires_at: datetime | None) -> dict[str, Any]:
     return {
         "id": str(peer.id),
         "name": peer.name,
-        "remote_instance_url": peer.remote_url,
+        "remote_instance_url": remote_instance_url(peer),
         "spawn_mode": peer.spawn_mode,
         "status": peer.status,
         "created_at": peer.created_at,
@@ -179,6 +188,10 @@ async def detail(session: AsyncSession, peer: FederationPeer) -> ChildDetail:
         **_summary_fields(peer, tokens.get(peer.id)),
         endpoints=peer.endpoints,
         capabilities=peer.capabilities,
+        extension_slugs=peer.extension_slugs,
+        sync_cursor=peer.sync_cursor,
+        platform_version=peer.platform_version,
+        data_residency=peer.data_residency,
         metadata=peer.metadata_,
         signed_at=peer.signed_at,
         spawn_role=peer.spawn_role,
@@ -277,7 +290,16 @@ async def revoke(
     revoked = await session.scalar(
         update(FederationPeer)
         .where(FederationPeer.id == peer.id, FederationPeer.status != "revoked")
-        .values(status="revoked", revoked_at=now, revoke_reason=reason, updated_at=now)
+        .values(
+            status="revoked",
+            revoked_at=now,
+            revoke_reason=reason,
+            updated_at=now,
+            # The original keeps the reason in the metadata too (its default when none was given).
+            metadata_=FederationPeer.metadata_.op("||")(
+                cast(literal(json.dumps({"revocation_reason": reason or DEFAULT_REVOCATION_REASON})), JSONB)
+            ),
+        )
         .returning(FederationPeer.id)
     )
     if revoked is None:

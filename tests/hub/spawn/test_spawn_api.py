@@ -27,6 +27,7 @@ async def test_spawn_creates_proposed_peer_token_and_staged_payload(client, runt
     assert child["status"] == "proposed" and child["spawn_mode"] == mode
     assert child["acceptance_pending"] is True and child["acceptance_expires_at"]
     assert data["acceptance_token"].startswith(f"{ACCEPTANCE_TOKEN_PREFIX}_")
+    assert data["spawn_payload"].pop("initiated_by_user_id")  # the operator's id: test_original_wire
     assert data["spawn_payload"] == {
         "parent_url": "https://parent.example.test/",
         "acceptance_token": data["acceptance_token"],
@@ -34,6 +35,7 @@ async def test_spawn_creates_proposed_peer_token_and_staged_payload(client, runt
         "parent_peer_id": child["id"],
         "child_template_id": child["template_id"],
         "contract_version": "v1",
+        "region": None,
     }
     async with runtime.sessionmaker() as session:
         peer = await session.get(FederationPeer, child["id"])

@@ -53,6 +53,8 @@ async def test_a_missing_kernel_fails_the_spawn_and_leaves_the_peer_proposed(cli
     assert node.provider == "qemu" and node.state == "failed" and "no-such-vmlinuz" in node.error
     detail = (await client.get(f"/api/v1/system/federation/children/{child_id}", headers=headers)).json()
     assert detail["data"]["child"]["node_instance"]["state"] == "failed"
+    response_seen = detail["data"]["child"]["metadata"]["provisioner_response"]
+    assert response_seen["ok"] is False and "no-such-vmlinuz" in response_seen["error"]
 
 
 async def test_a_bad_vm_setting_is_refused_before_anything_starts(client, runtime, tmp_path):
