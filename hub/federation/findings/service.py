@@ -16,8 +16,11 @@ from hub.exceptions import ValidationFailed
 from hub.federation.findings.models import Finding
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 
+# `metadata.enroll_refused` of an accepted peer: why its last enroll call was refused (peering).
+ENROLL_REFUSED = "enroll_refused"
 HEARTBEAT_STALE = "peer_heartbeat_stale"
 NEVER_ACTIVE = "peer_enrolled_never_active"
+NEVER_ENROLLED = "peer_accepted_never_enrolled"
 TOKEN_EXPIRED = "acceptance_token_expired"
 
 
@@ -129,7 +132,8 @@ async def sweep_heartbeats(session: AsyncSession, *, settings: Settings) -> dict
 
 
 async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict[str, int]:
-    """Surface enrolled peers that never became active and proposed peers whose token expired."""
+    """Surface accepted peers that never enrolled (with the cause seen, if any), enrolled peers that
+    never became active, and proposed peers whose token expired."""
     now = utcnow()
     never_before = now - timedelta(seconds=settings.federation.heartbeat_stale_seconds)
     never = (
@@ -148,6 +152,35 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
             subject=str(peer_id),
             peer_id=peer_id,
             message=f"{name} enrolled but no heartbeat ever arrived",
+        )
+    stuck = (
+        await session.execute(
+            select(FederationPeer.id, FederationPeer.name, FederationPeer.metadata_).where(
+                FederationPeer.spawn_role == "parent",
+                FederationPeer.status == "accepted",
+                FederationPeer.accepted_at < never_before,
+            )
+        )
+    ).all()
+    for peer_id, name, metadata in stuck:
+        refused = (metadata or {}).get(ENROLL_REFUSED) or {}
+        if refused.get("cause"):
+            message = (
+                f"{name} accepted but never enrolled: its enroll calls are refused, "
+                f"{refused['cause']} (last at {refused.get('at')})"
+            )
+        else:
+            message = (
+                f"{name} accepted but never enrolled: no enroll call has arrived (is its hub running, "
+                "and can it reach the federation URL the accept answer named?)"
+            )
+        await open_finding(
+            session,
+            kind=NEVER_ENROLLED,
+            subject=str(peer_id),
+            peer_id=peer_id,
+            message=message,
+            details={"enroll_refused": refused} if refused else {},
         )
     live_token = (
         select(AcceptanceToken.id)
@@ -174,8 +207,9 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
             message=f"The acceptance token of {name} expired before it was accepted; rotate it",
         )
     await _resolve_cleared(session, NEVER_ACTIVE, FederationPeer.status != "enrolled")
+    await _resolve_cleared(session, NEVER_ENROLLED, FederationPeer.status != "accepted")
     await _resolve_cleared(session, TOKEN_EXPIRED, and_(FederationPeer.status != "proposed"))
-    return {"never_active": len(never), "token_expired": len(expired)}
+    return {"never_active": len(never), "never_enrolled": len(stuck), "token_expired": len(expired)}
 
 
 async def _resolve_cleared(session: AsyncSession, kind: str, cleared: Any) -> None:

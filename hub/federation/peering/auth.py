@@ -114,3 +114,32 @@ def identify(
             if identity is not None:
                 return identity
     raise Unauthorized("A valid peer client certificate is required")
+
+
+def refusal_cause(
+    *,
+    tls_chain: list[str] | None,
+    headers: dict[str, str],
+    client_host: str | None,
+    trusted_proxies: Iterable[str],
+    scheme: str,
+) -> str:
+    """Why a call was refused, in words an operator can act on (for findings, never for the caller)."""
+    forwarded = [name for name in (*CN_HEADERS, TRAEFIK_INFO_HEADER) if headers.get(name)]
+    if tls_chain:
+        if from_certificate(tls_chain[0]) is None:
+            return "the client certificate presented is not one of this hub's peer certificates"
+        return "the client certificate presented does not match this peer (replaced, or the peer moved on)"
+    if forwarded and not is_trusted_proxy(client_host, trusted_proxies):
+        return (
+            f"client-certificate headers came from {client_host}, which is not in "
+            "POWERNODE_FEDERATION_TRUSTED_PROXIES"
+        )
+    if forwarded:
+        return "the forwarded client-certificate subject names no peer of this hub"
+    if scheme == "http":
+        return (
+            "they arrive without a client certificate, over plain http (the child calls the API URL, "
+            "not the federation listener)"
+        )
+    return "they arrive without a client certificate"

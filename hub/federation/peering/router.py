@@ -70,6 +70,31 @@ async def live_peer(request: Request, identity: IdentityDep, session: SessionDep
 CallerDep = Annotated[FederationPeer, Depends(live_peer)]
 
 
+async def enrolling_peer(request: Request, session: SessionDep) -> FederationPeer:
+    """The live peer behind an enroll call; a refused one leaves its cause on the accepted peer
+    its body names, for the `peer_accepted_never_enrolled` finding (nothing else is written)."""
+    try:
+        return await live_peer(request, peer_identity(request), session)
+    except Unauthorized:
+        runtime: HubRuntime = request.app.state.runtime
+        tls = request.scope.get("extensions", {}).get("tls") or {}
+        cause = auth.refusal_cause(
+            tls_chain=tls.get("client_cert_chain"),
+            headers={k: v for k, v in request.headers.items()},
+            client_host=request.client.host if request.client else None,
+            trusted_proxies=runtime.settings.federation.trusted_proxies,
+            scheme=request.url.scheme,
+        )
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        platform_id = body.get("platform_id") if isinstance(body, dict) else None
+        if isinstance(platform_id, str) and platform_id:
+            await peering_service.note_refused_enroll(session, platform_id=platform_id, cause=cause)
+        raise
+
+
 def under_grant(action: str, *, required: bool = True) -> Callable[..., Coroutine[Any, Any, FederationPeer]]:
     """The calling peer, if the grant we gave it (its bearer) covers `action` (DESIGN §5)."""
 
@@ -83,7 +108,12 @@ def under_grant(action: str, *, required: bool = True) -> Callable[..., Coroutin
 
 
 @router.post("/enroll", status_code=200)
-async def enroll(request: EnrollRequest, caller: CallerDep, session: SessionDep, runtime: RuntimeDep) -> dict:
+async def enroll(
+    request: EnrollRequest,
+    caller: Annotated[FederationPeer, Depends(enrolling_peer)],
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> dict:
     """The child finished its first run: accepted → enrolled (later: where it is reached now)."""
     result = await peering_service.enroll(session, peer=caller, request=request, redis=runtime.redis)
     return envelope(result.to_wire())

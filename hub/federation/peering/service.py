@@ -7,6 +7,7 @@ that row is found by it, and the certificate must be signed by the parent's CA w
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,15 @@ from typing import Any
 from arq.connections import ArqRedis
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from sqlalchemy import select, update
+from sqlalchemy import cast, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import service as audit_service
 from hub.audit.models import AuditEvent
 from hub.database import utcnow
 from hub.exceptions import Conflict, Unauthorized, Unprocessable
+from hub.federation.findings.service import ENROLL_REFUSED
 from hub.federation.grants import client
 from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peers.models import FederationPeer
@@ -95,6 +98,25 @@ async def authenticate(
     if peer.status not in statuses:
         raise Unauthorized(NO_CERTIFICATE)
     return peer
+
+
+async def note_refused_enroll(session: AsyncSession, *, platform_id: str, cause: str) -> None:
+    """Keep why the enroll of an accepted child was refused, on that child's row (found by the
+    node instance or platform id its payload carried); the findings sweep reports it."""
+    try:
+        node_id: uuid.UUID | None = uuid.UUID(platform_id)
+    except ValueError:
+        node_id = None
+    matches = FederationPeer.remote_platform_id == platform_id
+    if node_id is not None:
+        matches = or_(matches, FederationPeer.node_instance_id == node_id)
+    note = {ENROLL_REFUSED: {"cause": cause, "at": utcnow().isoformat()}}
+    await session.execute(
+        update(FederationPeer)
+        .where(FederationPeer.spawn_role == "parent", FederationPeer.status == "accepted", matches)
+        .values(metadata_=FederationPeer.metadata_.op("||")(cast(literal(json.dumps(note)), JSONB)))
+    )
+    await session.commit()
 
 
 async def enroll(

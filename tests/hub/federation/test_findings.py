@@ -152,3 +152,59 @@ async def test_a_token_that_expired_unaccepted_is_a_finding_until_the_child_is_a
     assert "rotate it" in finding["message"]
     assert expired.status_code == 401 and accept.status_code == 200
     assert await findings(client, operator, "acceptance_token_expired", peer_id, "open") == []
+
+
+async def test_an_accepted_peer_that_never_enrolls_is_a_finding_naming_the_cause_seen(
+    client, runtime, operator
+):
+    data = await spawn(client, operator, "autonomous_peer")  # the manual provisioner stages a node
+    child_id, node_id = data["child"]["id"], data["child"]["node_instance"]["id"]
+    accept = await client.post(
+        ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    )
+    assert accept.status_code == 200
+    await backdate(runtime, FederationPeer, FederationPeer.id == child_id, accepted_at=STALE + 60)
+    await sweep(runtime)
+    [silent] = await findings(client, operator, "peer_accepted_never_enrolled", child_id, "open")
+
+    # The child's hub calls the plain-http API URL: no client certificate ever arrives.
+    body = {"platform_id": node_id, "platform_url": "http://child.test"}
+    refused = await client.post(f"{API}/enroll", json=body)
+    await sweep(runtime)
+    [named] = await findings(client, operator, "peer_accepted_never_enrolled", child_id, "open")
+    detail = (await client.get(f"{CHILDREN}/{child_id}", headers=operator)).json()["data"]["child"]
+    enroll = await client.post(f"{API}/enroll", headers={"X-Client-S-DN-CN": f"fed:{child_id}"}, json=body)
+    await sweep(runtime)
+
+    assert (
+        refused.status_code == 401
+        and refused.json()["error"] == "A valid peer client certificate is required"
+    )
+    assert "no enroll call has arrived" in silent["message"]
+    assert named["id"] == silent["id"]
+    assert "its enroll calls are refused" in named["message"]
+    assert "without a client certificate, over plain http" in named["message"]
+    assert detail["findings"][0]["kind"] == "peer_accepted_never_enrolled"
+    assert enroll.status_code == 200
+    assert await findings(client, operator, "peer_accepted_never_enrolled", child_id, "open") == []
+
+
+async def test_headers_from_an_untrusted_address_are_named_as_the_cause(client, runtime, operator, settings):
+    data = await spawn(client, operator, "autonomous_peer")
+    child_id, node_id = data["child"]["id"], data["child"]["node_instance"]["id"]
+    await client.post(ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1})
+    await backdate(runtime, FederationPeer, FederationPeer.id == child_id, accepted_at=STALE + 60)
+    runtime.settings = settings.model_copy(
+        update={"federation": settings.federation.model_copy(update={"trusted_proxies": []})}
+    )
+
+    refused = await client.post(
+        f"{API}/enroll",
+        headers={"X-Client-S-DN-CN": f"fed:{child_id}"},
+        json={"platform_id": node_id, "platform_url": "http://child.test"},
+    )
+    await sweep(runtime)
+
+    assert refused.status_code == 401
+    [finding] = await findings(client, operator, "peer_accepted_never_enrolled", child_id, "open")
+    assert "which is not in POWERNODE_FEDERATION_TRUSTED_PROXIES" in finding["message"]
