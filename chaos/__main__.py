@@ -41,7 +41,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -256,8 +256,8 @@ class Load(threading.Thread):
                 self.ledger.children[child_id].revoked = True
 
 
-async def invariants(parent: Parent, ledger: Ledger) -> list[str]:
-    """Every invariant that does not hold right now (empty: all hold)."""
+async def invariants(parent: Parent, ledger: Ledger) -> tuple[list[str], bool]:
+    """Every invariant that does not hold right now (empty: all hold); whether there is an outbox."""
     problems: list[str] = []
     connection = await asyncpg.connect(parent.postgres.url("powernode"), timeout=5)
     try:
@@ -282,7 +282,8 @@ async def invariants(parent: Parent, ledger: Ledger) -> list[str]:
                 "SELECT peer_id::text FROM acceptance_token WHERE consumed_at IS NOT NULL"
             )
         }
-        problems += await _outbox(connection)
+        outbox = await _outbox(connection)
+        problems += outbox or []
     finally:
         await connection.close()
     status = {r["id"]: r["status"] for r in rows}
@@ -327,23 +328,23 @@ async def invariants(parent: Parent, ledger: Ledger) -> list[str]:
         problems.append(f"replication secret of {orphan} is an orphan (no live member)")
     for member in live_members - stored:
         problems.append(f"member {member} has no replication secret")
-    return problems
+    return problems, outbox is not None
 
 
-async def _outbox(connection: asyncpg.Connection) -> list[str]:
-    """No job left behind: the transactional outbox when the schema has one, else the arq queues."""
+async def _outbox(connection: asyncpg.Connection) -> list[str] | None:
+    """No job left behind in the transactional outbox; None when the schema has none."""
     table = await connection.fetchval(
         "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '%outbox%' LIMIT 1"
     )
     if table is None:
-        return []
+        return None
     columns = {
         r["column_name"]
         for r in await connection.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
         )
     }
-    done = next((c for c in ("dispatched_at", "sent_at", "relayed_at", "done_at") if c in columns), None)
+    done = next((c for c in ("done_at", "dispatched_at", "sent_at", "relayed_at") if c in columns), None)
     if done is None:
         return []
     waiting = await connection.fetchval(f'SELECT count(*) FROM "{table}" WHERE "{done}" IS NULL')  # noqa: S608
@@ -357,7 +358,8 @@ def queue_backlog(parent: Parent) -> list[str]:
     client = redis.Redis.from_url(parent.redis.url(), socket_timeout=5)
     try:
         cutoff = (time.time() - 60) * 1000
-        stale = sum(client.zcount(q, 0, cutoff) for q in ("powernode:queue", "powernode:queue:primary"))
+        queues = ("powernode:queue", "powernode:queue:primary")
+        stale = sum(cast(int, client.zcount(q, 0, cutoff)) for q in queues)
     except redis.RedisError as e:
         return [f"Redis does not answer: {type(e).__name__}"]
     finally:
@@ -367,12 +369,12 @@ def queue_backlog(parent: Parent) -> list[str]:
 
 def check(parent: Parent, ledger: Ledger) -> list[str]:
     try:
-        problems = asyncio.run(invariants(parent, ledger))
+        problems, has_outbox = asyncio.run(invariants(parent, ledger))
     except (OSError, asyncpg.PostgresError, TimeoutError) as e:
         return [f"the parent's database does not answer: {type(e).__name__}"]
     if not parent.ready():
         problems.append("the parent's /readyz is not 200")
-    return problems + queue_backlog(parent)
+    return problems + ([] if has_outbox else queue_backlog(parent))
 
 
 def converge(parent: Parent, ledger: Ledger, started: float) -> tuple[float | None, list[str]]:
@@ -501,6 +503,8 @@ def main() -> int:
         seconds, problems = converge(parent, ledger, time.monotonic())
         for problem in problems:
             ledger.broke(f"at the end: {problem}")
+    except KeyboardInterrupt:
+        ledger.broke("interrupted before the end (Ctrl-C)")
     finally:
         load.stopping.set()
         for node in parent.hub.node_dirs():
