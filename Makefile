@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= .powernode
 
-.PHONY: install test lint schemas run demo bench chaos mutate clean
+.PHONY: install test test-vm lint schemas run demo bench chaos mutate child-image clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Children in real QEMU guests (TCG when there is no KVM), every mode and the lifecycle: slow.
+test-vm: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'qemu or vm' -rP tests/e2e/test_qemu_e2e.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check hub child_agent shared_contract tests migrations bench chaos

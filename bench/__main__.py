@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import accept, children_list, handshake, heartbeat, replica
+from bench import accept, children_list, guest, handshake, heartbeat, replica
 from bench.common import Result, fmt
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "handshake": handshake.run,
     "replica": replica.run,
     "children_list": children_list.run,
+    "guest": guest.run,
 }
 
 

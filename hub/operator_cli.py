@@ -199,6 +199,23 @@ def cmd_children_rotate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_children_console(args: argparse.Namespace) -> None:
+    params = {"lines": args.lines}
+    console = _call(args, "GET", f"{API}/children/{args.id}/console", params=params)["data"]["console"]
+    if console["node_instance_id"] is None:
+        _print(args, console, f"Child {args.id} has no node (attached manually): no console")
+        return
+    boot = console["boot_seconds"]
+    head = f"# node {console['node_instance_id']} ({console['provider']}): {console['state']}"
+    head += f", booted in {boot:.1f} s" if boot is not None else ""
+    _print(args, console, "\n".join([head, *console["lines"]]))
+
+
+def cmd_children_destroy_node(args: argparse.Namespace) -> None:
+    console = _call(args, "DELETE", f"{API}/children/{args.id}/node")["data"]["console"]
+    _print(args, console, f"Powered off and removed node {console['node_instance_id']} ({console['state']})")
+
+
 def cmd_findings_list(args: argparse.Namespace) -> None:
     params = {k: v for k, v in {"state": args.state, "kind": args.kind, "peer_id": args.peer}.items() if v}
     findings = _call(args, "GET", f"{API}/findings", params=params)["data"]["findings"]
@@ -265,6 +282,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     rotate.add_argument("id")
     rotate.add_argument("--ttl-days", type=int)
     rotate.set_defaults(func=cmd_children_rotate)
+    console = csub.add_parser("console", parents=[common], help="the node's console tail, secrets redacted")
+    console.add_argument("id")
+    console.add_argument("--lines", type=int, default=100, help="how many lines (default 100)")
+    console.set_defaults(func=cmd_children_console)
+    destroy = csub.add_parser("destroy-node", parents=[common], help="power the child's node off, remove it")
+    destroy.add_argument("id")
+    destroy.set_defaults(func=cmd_children_destroy_node)
 
     findings = sub.add_parser("findings", help="federation findings")
     fsub = findings.add_subparsers(dest="findings_command", required=True)

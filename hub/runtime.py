@@ -14,6 +14,15 @@ from hub.jobcodec import ARQ_CODEC
 from hub.secrets import ca as ca_service
 from hub.secrets.store import SecretStore, open_store
 
+# arq's default 1 s connect timeout fails a hub whose CPU is starved (a TCG guest on a busy host).
+REDIS_CONNECT_TIMEOUT_S = 10
+
+
+def arq_redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = REDIS_CONNECT_TIMEOUT_S
+    return settings
+
 
 @dataclass
 class HubRuntime:
@@ -33,7 +42,7 @@ class HubRuntime:
             max_overflow=settings.database.max_overflow,
         )
         redis = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url()), default_queue_name=queue_name(), **ARQ_CODEC
+            arq_redis_settings(settings.redis_url()), default_queue_name=queue_name(), **ARQ_CODEC
         )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         secrets = open_store(settings)

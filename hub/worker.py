@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from arq import cron, func
-from arq.connections import RedisSettings
 from arq.cron import CronJob
 
 from hub.config import Settings, get_settings
@@ -20,7 +19,7 @@ from hub.federation.policies import jobs as policies_jobs
 from hub.jobcodec import ARQ_CODEC
 from hub.observability.jobs import instrumented
 from hub.replication import jobs as replication_jobs
-from hub.runtime import PRIMARY_QUEUE, HubRuntime, queue_name
+from hub.runtime import PRIMARY_QUEUE, HubRuntime, arq_redis_settings, queue_name
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def worker_settings(
         "cron_jobs": instrumented(primary_cron_jobs(settings) if primary else cron_jobs(settings)),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url()),
+        "redis_settings": arq_redis_settings(settings.redis_url()),
         "queue_name": PRIMARY_QUEUE if primary else queue_name(),
         "ctx": {"settings": settings, "heartbeats": heartbeats and not primary, "runtime": runtime},
         "handle_signals": False,

@@ -8,6 +8,12 @@ fw_cfg is fixed when QEMU starts: a running guest never sees new entries. ``rein
 rotation) therefore restages the files and restarts the guest with the command it was started with,
 its ``-fw_cfg`` arguments rebuilt for the new key set. The guest boots again.
 
+A template whose ``vm`` names neither a kernel nor a disk image gets the development guest
+(``hub.provisioning.guest``): this machine's kernel, an initramfs built here, the installed project
+over 9p, and user networking with ``restrict=on`` whose only way out is an explicit forward to each
+parent port on 127.0.0.1 the child needs. The payload's ``parent_url`` is then the URL as the guest
+sees it (``guest.PARENT_HOST``), which the parent's federation certificate names.
+
 The guest runs detached with ``-daemonize``: QEMU forks, calls setsid, and its first process exits
 only once the machine is set up, so start-up errors surface here and the hub holds no child. The pid
 comes from ``-pidfile``; a pid counts only while /proc shows a live process whose command line names
@@ -20,19 +26,25 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hub.provisioning import guest
 from hub.provisioning.base import NodeSpec, ProvisionError, ProvisionResult, TemplateSpec
 from hub.provisioning.fwcfg_limits import check_fw_cfg_limits, remove_staged, stage_fw_cfg, staged_sizes
 from shared_contract.payload import SpawnPayload, qemu_fw_cfg_args
+
+if TYPE_CHECKING:
+    from hub.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +52,9 @@ FW_CFG_DIR = "fw_cfg"
 SERIAL_LOG = "serial.log"
 QEMU_LOG = "qemu.log"
 PIDFILE = "qemu.pid"
+INITRD = "initramfs.cpio"
+DEVELOPMENT_APPEND = "console=ttyS0 panic=-1 quiet"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT_S = 30.0
 KILL_WAIT_S = 5.0
 POLL_INTERVAL_S = 0.05
@@ -77,11 +92,14 @@ class VmSettings(BaseModel):
 
     @model_validator(mode="after")
     def _bootable(self) -> VmSettings:
-        if not (self.kernel or self.disk_image):
-            raise ValueError("needs a kernel or a disk_image to boot")
         if (self.initrd or self.append) and not self.kernel:
             raise ValueError("initrd and append need a kernel")
         return self
+
+    @property
+    def development(self) -> bool:
+        """Neither a kernel nor a disk image: boot the development guest built from this machine."""
+        return not (self.kernel or self.disk_image)
 
     @property
     def disk_format(self) -> str:
@@ -209,12 +227,68 @@ def _last_line(work_dir: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
+def guest_url(url: str) -> str:
+    """url as the development guest reaches it: a loopback host becomes guest.PARENT_HOST."""
+    parts = urlsplit(url)
+    if parts.hostname not in LOOPBACK_HOSTS:
+        return url
+    netloc = guest.PARENT_HOST + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _loopback_port(url: str | None, default: int) -> int | None:
+    parts = urlsplit(url or "")
+    return (parts.port or default) if parts.hostname in LOOPBACK_HOSTS else None
+
+
+def parent_forwards(settings: Settings | None, payload: SpawnPayload) -> list[int]:
+    """The parent's loopback ports the guest needs: federation, and for cluster_member PostgreSQL + Redis."""
+    ports = [_loopback_port(payload.parent_url, 443)]
+    if payload.spawn_mode == "cluster_member" and settings is not None:
+        from hub.replication.delivery import redis_url
+        from hub.replication.primary import PrimaryEndpoint
+
+        primary = PrimaryEndpoint.of(settings)
+        ports.append(primary.advertised_port if primary.advertised_host in LOOPBACK_HOSTS else None)
+        ports.append(_loopback_port(redis_url(settings), 6379))
+    return list(dict.fromkeys(p for p in ports if p is not None))
+
+
+_EXITED = re.compile(re.escape(guest.EXITED) + r" \(exit (\d+)\)")
+_BOOTED = re.compile(re.escape(guest.BOOTED) + r" ([0-9.]+) s")
+
+
+def console_text(work_dir: Path, *, limit: int = 1 << 20) -> str:
+    """The end of the guest's serial console (at most limit bytes), as text."""
+    path = work_dir / SERIAL_LOG
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - limit))
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def observed_state(work_dir: Path, *, development: bool) -> tuple[str, float | None]:
+    """(booting | running | stopped | failed, the guest's boot seconds if it said) from pid and console."""
+    text = console_text(work_dir)
+    booted = _BOOTED.search(text)
+    boot_seconds = float(booted.group(1)) if booted else None
+    if guest_pid(work_dir / PIDFILE) is not None:
+        return ("booting" if development and not booted else "running"), boot_seconds
+    exited = _EXITED.findall(text)
+    if development and (not exited or exited[-1] != "0"):
+        return "failed", boot_seconds
+    return "stopped", boot_seconds
+
+
 class QemuProvisioner:
     """Start, rotate, inspect and stop one QEMU guest per node, in node.work_dir."""
 
     name = "qemu"
 
-    def __init__(self, *, stop_timeout_s: float = 10.0) -> None:
+    def __init__(self, settings: Settings | None = None, *, stop_timeout_s: float = 10.0) -> None:
+        self.settings = settings
         self.stop_timeout_s = stop_timeout_s
 
     def __repr__(self) -> str:
@@ -230,7 +304,8 @@ class QemuProvisioner:
         return await asyncio.to_thread(self._reinject, node, payload)
 
     async def status(self, *, node: NodeSpec) -> str:
-        return "running" if guest_pid(node.work_dir.absolute() / PIDFILE) else "stopped"
+        development = node.details.get("guest") == "development"
+        return observed_state(node.work_dir.absolute(), development=development)[0]
 
     async def destroy(self, *, node: NodeSpec) -> None:
         await asyncio.to_thread(self._destroy, node.work_dir.absolute())
@@ -240,17 +315,71 @@ class QemuProvisioner:
         work_dir = node.work_dir.absolute()
         if guest_pid(work_dir / PIDFILE) is not None:
             raise ProvisionError(f"Node {node.id} already has a running QEMU guest; reinject or destroy it")
+        if settings.development:
+            return self._provision_development(node, work_dir, settings, payload)
         files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)
         return self._start(work_dir, qemu_command(settings, work_dir=work_dir, fw_cfg_files=files))
+
+    def _provision_development(
+        self, node: NodeSpec, work_dir: Path, settings: VmSettings, payload: SpawnPayload
+    ) -> ProvisionResult:
+        kernel = guest.find_kernel()
+        if kernel is None:
+            raise ProvisionError("No readable /boot/vmlinuz-* with its modules; install linux-image-amd64")
+        from hub.embedded.process import free_port
+        from hub.provisioning.local import _child_env
+
+        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        forwards = parent_forwards(self.settings, payload)
+        api_port, federation_port = free_port(), free_port()
+        env = _child_env(self.settings, port=api_port) if self.settings else {}
+        data_dir = self.settings.data_dir if self.settings else work_dir
+        initrd = guest.build_initramfs(
+            kernel,
+            work_dir / INITRD,
+            cache=guest.cache_dir(data_dir),
+            mode=payload.spawn_mode,
+            env=env,
+            relay_ports=forwards,
+        )
+        hostfwd = {api_port: guest.GUEST_API_PORT, federation_port: guest.GUEST_FEDERATION_PORT}
+        command = [
+            settings.qemu_binary,
+            *("-accel", settings.accel, "-m", str(settings.memory_mb), "-smp", str(settings.cpus)),
+            *("-display", "none", "-monitor", "none", "-serial", f"file:{work_dir / SERIAL_LOG}"),
+            *("-no-reboot", "-daemonize", "-pidfile", str(work_dir / PIDFILE)),
+            *("-kernel", str(kernel.path), "-initrd", str(initrd), "-append", DEVELOPMENT_APPEND),
+            *guest.virtfs_args(guest.shared_dirs()),
+            *guest.network_args(forwards=forwards, hostfwd=hostfwd),
+        ]
+        files = stage_fw_cfg(_guest_payload(payload), work_dir / FW_CFG_DIR)
+        result = self._start(work_dir, with_fw_cfg(command, files))
+        result.details.update(
+            guest="development",
+            work_dir=str(work_dir),
+            url=f"http://127.0.0.1:{api_port}",
+            federation_url=f"https://127.0.0.1:{federation_port}",
+            parent_forwards=forwards,
+            guest_parent_url=guest_url(payload.parent_url),
+        )
+        return ProvisionResult(state="booting", provider_ref=result.provider_ref, details=result.details)
 
     def _reinject(self, node: NodeSpec, payload: SpawnPayload) -> ProvisionResult:
         command = node.details.get("command")
         if not isinstance(command, list) or not command:
             raise ProvisionError(f"Node {node.id} has no recorded QEMU command; provision it first")
+        development = node.details.get("guest") == "development"
+        if development:
+            payload = _guest_payload(payload)
         work_dir = node.work_dir.absolute()
         files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)  # refuses before the old guest is stopped
         stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)
-        return self._start(work_dir, with_fw_cfg(command, files))
+        (work_dir / SERIAL_LOG).unlink(missing_ok=True)  # the console of this boot only
+        result = self._start(work_dir, with_fw_cfg(command, files))
+        if not development:
+            return result
+        details = {**node.details, **result.details}
+        return ProvisionResult(state="booting", provider_ref=result.provider_ref, details=details)
 
     def _start(self, work_dir: Path, command: list[str]) -> ProvisionResult:
         try:
@@ -263,8 +392,10 @@ class QemuProvisioner:
         details = {
             "pid": pid,
             "serial_log": str(work_dir / SERIAL_LOG),
+            "console_log": str(work_dir / SERIAL_LOG),
             "command": command,
             "fw_cfg_dir": str(work_dir / FW_CFG_DIR),
+            "started_at": time.time(),
         }
         return ProvisionResult(state="running", provider_ref=str(pid), details=details)
 
@@ -272,4 +403,9 @@ class QemuProvisioner:
         stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)
         remove_staged(work_dir / FW_CFG_DIR)
         (work_dir / PIDFILE).unlink(missing_ok=True)
-        logger.info("Stopped QEMU guest in %s", work_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        logger.info("Stopped QEMU guest in %s and removed it", work_dir)
+
+
+def _guest_payload(payload: SpawnPayload) -> SpawnPayload:
+    return payload.model_copy(update={"parent_url": guest_url(payload.parent_url)})

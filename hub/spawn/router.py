@@ -10,8 +10,9 @@ from hub.dependencies import OperatorT, RuntimeDep, SessionDep, require
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.schemas import ChildEnvelope, ChildList
 from hub.operators import permissions
+from hub.provisioning.service import CONSOLE_MAX_LINES
 from hub.spawn import service as spawn_service
-from hub.spawn.schemas import RevokeRequest, RotateTokenRequest, SpawnRequest, SpawnResponse
+from hub.spawn.schemas import NodeConsole, RevokeRequest, RotateTokenRequest, SpawnRequest, SpawnResponse
 from hub.wire import Envelope, PagedEnvelope, envelope
 
 router = APIRouter(prefix="/system/federation/children", tags=["children"])
@@ -55,10 +56,36 @@ async def list_children(
 
 
 @router.get("/{child_id}", response_model=Envelope[ChildEnvelope])
-async def show(child_id: str, session: SessionDep, operator: Reader) -> dict:
+async def show(child_id: str, session: SessionDep, runtime: RuntimeDep, operator: Reader) -> dict:
     """One child: status, heartbeat, metadata.cluster_pg, grants, node instance, open findings."""
     peer = await peers_service.get_child_or_raise(session, peer_id=child_id)
+    await spawn_service.refresh_node(session, runtime=runtime, peer=peer)
     return envelope(ChildEnvelope(child=await peers_service.detail(session, peer)))
+
+
+@router.get("/{child_id}/console", response_model=Envelope[dict[str, NodeConsole]])
+async def console(
+    child_id: str,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    operator: Reader,
+    lines: Annotated[int, Query(ge=1, le=CONSOLE_MAX_LINES)] = 100,
+) -> dict:
+    """The tail of the child's node console (a QEMU guest's serial port), secrets redacted."""
+    peer = await peers_service.get_child_or_raise(session, peer_id=child_id)
+    return envelope(
+        {"console": await spawn_service.node_console(session, runtime=runtime, peer=peer, lines=lines)}
+    )
+
+
+@router.delete("/{child_id}/node", response_model=Envelope[dict[str, NodeConsole]])
+async def destroy_node(child_id: str, session: SessionDep, runtime: RuntimeDep, operator: Manager) -> dict:
+    """Power the child's node off and remove it (its work directory with it); the peer row stays."""
+    peer = await peers_service.get_child_or_raise(session, peer_id=child_id)
+    await spawn_service.destroy_node(session, runtime=runtime, peer=peer, actor=operator.actor)
+    return envelope(
+        {"console": await spawn_service.node_console(session, runtime=runtime, peer=peer, lines=1)}
+    )
 
 
 @router.post("/{child_id}/revoke", response_model=Envelope[ChildEnvelope])

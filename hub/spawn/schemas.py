@@ -66,3 +66,13 @@ class SpawnResponse(BaseModel):
     child: ChildDetail
     acceptance_token: str
     spawn_payload: SpawnPayloadView
+
+
+class NodeConsole(BaseModel):
+    """A child's node: its state, boot time, and the end of its console with secrets redacted."""
+
+    node_instance_id: str | None
+    provider: str | None
+    state: str | None
+    boot_seconds: float | None
+    lines: list[str]

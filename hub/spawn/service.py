@@ -29,7 +29,7 @@ from hub.provisioning.base import ProvisionError, ProvisionResult
 from hub.provisioning.models import NodeInstance
 from hub.runtime import HubRuntime
 from hub.secrets import tokens
-from hub.spawn.schemas import RotateTokenRequest, SpawnPayloadView, SpawnRequest
+from hub.spawn.schemas import NodeConsole, RotateTokenRequest, SpawnPayloadView, SpawnRequest
 from shared_contract.payload import SpawnPayload
 from shared_contract.version import CONTRACT_VERSION_LABEL
 
@@ -302,7 +302,9 @@ async def rotate_token(
     payload = build_payload(runtime=runtime, peer=peer, node=node, token=token, expires_at=expires_at)
     await audit_service.record(session, actor=actor, action="child.rotate_token", target=str(peer.id))
     await session.commit()
-    if node is not None and node.state not in ("failed", "destroyed"):
+    # A guest that booted and stopped (or failed after booting) is started again with the new token;
+    # a node whose provisioning failed, or that was destroyed, has nothing to restart.
+    if node is not None and node.state != "destroyed" and not (node.state == "failed" and not node.details):
         spec = provisioning_service.node_spec(runtime.settings, node)
         provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
         result = await provisioner.reinject(node=spec, payload=payload)
@@ -324,3 +326,49 @@ async def revoke(
     told), and for cluster_member the slot, role and secret go too."""
     peer = await peers_service.get_child_or_raise(session, peer_id=peer_id)
     return await peers_service.revoke_peer(session, runtime=runtime, peer=peer, reason=reason, actor=actor)
+
+
+async def _node_of(session: AsyncSession, peer: FederationPeer) -> NodeInstance | None:
+    return await session.get(NodeInstance, peer.node_instance_id) if peer.node_instance_id else None
+
+
+async def refresh_node(session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer) -> None:
+    """Record what the child's node is doing now (booting → running → stopped/failed, boot time)."""
+    node = await _node_of(session, peer)
+    if node is None:
+        return
+    changes = await provisioning_service.observe(runtime.settings, node)
+    if changes:
+        await _record_node(session, node.id, **changes)
+        await session.refresh(node)
+
+
+async def node_console(
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, lines: int
+) -> NodeConsole:
+    await refresh_node(session, runtime=runtime, peer=peer)
+    node = await _node_of(session, peer)
+    if node is None:
+        return NodeConsole(node_instance_id=None, provider=None, state=None, boot_seconds=None, lines=[])
+    boot = (node.details or {}).get("boot_seconds")
+    return NodeConsole(
+        node_instance_id=str(node.id),
+        provider=node.provider,
+        state=node.state,
+        boot_seconds=float(boot) if isinstance(boot, int | float) else None,
+        lines=provisioning_service.console_lines(runtime.settings, node, lines=lines),
+    )
+
+
+async def destroy_node(
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, actor: str
+) -> None:
+    """Power the node off and remove it; the node row stays, `destroyed`, for the record."""
+    node = await _node_of(session, peer)
+    if node is None:
+        raise Conflict(f"Child {peer.id} has no node to destroy", code="NO_NODE")
+    spec = provisioning_service.node_spec(runtime.settings, node)
+    provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
+    await provisioner.destroy(node=spec)
+    await audit_service.record(session, actor=actor, action="child.node_destroy", target=str(peer.id))
+    await _record_node(session, node.id, state="destroyed")

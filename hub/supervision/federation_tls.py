@@ -17,6 +17,7 @@ import uvicorn
 from hub.config import Settings
 from hub.embedded.process import write_private
 from hub.federation import member
+from hub.provisioning.guest import PARENT_HOST
 from hub.runtime import HubRuntime
 from hub.tls import ClientCertHttpToolsProtocol
 
@@ -26,7 +27,8 @@ def write_tls_files(runtime: HubRuntime, settings: Settings) -> tuple[Path, Path
     fresh on every start."""
     directory = settings.data_dir / "tls"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    hosts = ["127.0.0.1", "localhost", "::1"]
+    # The development QEMU guest reaches our loopback at guest.PARENT_HOST (a user-network forward).
+    hosts = ["127.0.0.1", "localhost", "::1", PARENT_HOST]
     public = urlsplit(settings.public_url or "").hostname
     if public and public not in hosts:
         hosts.insert(0, public)

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from hub.federation.findings import service as findings_service
+from hub.provisioning import watch
 from hub.runtime import HubRuntime
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,8 @@ async def federation_findings_sweep(ctx: dict[str, Any]) -> dict[str, int]:
     async with runtime.sessionmaker() as session, session.begin():
         heartbeats = await findings_service.sweep_heartbeats(session, settings=runtime.settings)
         handshakes = await findings_service.sweep_handshakes(session, settings=runtime.settings)
-    result = {**heartbeats, **handshakes}
+        nodes = await watch.sweep_nodes(session, settings=runtime.settings)
+    result = {**heartbeats, **handshakes, **nodes}
     if any(result.values()):
         log.info("findings sweep: %s", result)
     return result

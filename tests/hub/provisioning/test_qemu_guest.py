@@ -110,10 +110,11 @@ async def test_the_guest_reads_the_payload_it_was_given(tmp_path: Path, guest_te
     try:
         await wait_for_poweroff(provisioner, node)
         print(f"boot, read fw_cfg, power off: {time.monotonic() - started:.2f} s")  # shown with -rP
+        read = guest_read(result)
     finally:
         await provisioner.destroy(node=node)
 
-    read = guest_read(result)
+    assert not node.work_dir.exists()  # destroy removes the guest: console, staged files, pidfile
     assert read == {key: value.encode() for key, value in sent.non_empty().items()}
     assert read_fw_cfg_tree(write_sysfs_tree(read, tmp_path / "sysfs")) == sent.trimmed()
     assert sent.acceptance_token not in " ".join(result.details["command"])
@@ -134,11 +135,12 @@ async def test_reinject_boots_the_guest_again_with_the_rotated_token(
         second = first.model_copy(update={"acceptance_token": "pn_tok_second"})
         rotated = await provisioner.reinject(node=node, payload=second)
         await wait_for_poweroff(provisioner, node)
+        read = guest_read(rotated)
     finally:
         await provisioner.destroy(node=node)
 
     assert rotated.details["command"] == result.details["command"]
-    assert guest_read(rotated)["acceptance_token"] == b"pn_tok_second"
+    assert read["acceptance_token"] == b"pn_tok_second"
 
 
 async def test_reinject_restarts_a_running_guest_and_destroy_stops_it(tmp_path: Path) -> None:
