@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= .powernode
+CHILD_IMAGE_DIR ?= .child-image
 
 .PHONY: install test test-vm lint schemas run demo bench chaos mutate child-image clean
 
@@ -52,5 +53,11 @@ chaos: $(STAMP)
 mutate: $(STAMP)
 	$(BIN)/python -m tests.harness.mutate $(if $(BUDGET),--budget-minutes $(BUDGET))
 
+# A bootable child disk image (Debian packages + PyPI): deploy/child-image/build.sh; needs root.
+child-image: $(STAMP)
+	@command -v debootstrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq \
+		--no-install-recommends debootstrap >/dev/null; } || { echo "child-image needs debootstrap"; exit 1; }
+	PYTHON=$(BIN)/python deploy/child-image/build.sh $(CHILD_IMAGE_DIR)
+
 clean:
-	rm -rf $(VENV) .powernode .bench mutants
+	rm -rf $(VENV) .powernode .bench mutants $(CHILD_IMAGE_DIR)

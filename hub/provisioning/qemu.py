@@ -117,15 +117,28 @@ def qemu_opt_value(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def qemu_command(settings: VmSettings, *, work_dir: Path, fw_cfg_files: Mapping[str, Path]) -> list[str]:
-    """Build the full QEMU command line for a guest whose payload is staged in fw_cfg_files."""
+def qemu_command(
+    settings: VmSettings,
+    *,
+    work_dir: Path,
+    fw_cfg_files: Mapping[str, Path],
+    forwards: Sequence[int] = (),
+) -> list[str]:
+    """Build the full QEMU command line for a guest whose payload is staged in fw_cfg_files.
+
+    With ``network: user`` the guest gets restricted user networking: the only way out is a forward
+    of each of the parent's loopback ports in ``forwards``, at ``guest.PARENT_HOST`` (DHCP works).
+    """
+    network = (
+        guest.network_args(forwards=forwards, hostfwd={}) if settings.network == "user" else ["-nic", "none"]
+    )
     command = [
         settings.qemu_binary,
         *("-accel", settings.accel, "-m", str(settings.memory_mb), "-smp", str(settings.cpus)),
         *("-display", "none", "-monitor", "none", "-serial", f"file:{work_dir / SERIAL_LOG}"),
         *("-no-reboot", "-daemonize", "-pidfile", str(work_dir / PIDFILE)),
         *_boot_args(settings),
-        *(["-nic", "user,model=virtio-net-pci"] if settings.network == "user" else ["-nic", "none"]),
+        *network,
     ]
     return with_fw_cfg(command, fw_cfg_files)
 
@@ -317,8 +330,18 @@ class QemuProvisioner:
             raise ProvisionError(f"Node {node.id} already has a running QEMU guest; reinject or destroy it")
         if settings.development:
             return self._provision_development(node, work_dir, settings, payload)
-        files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)
-        return self._start(work_dir, qemu_command(settings, work_dir=work_dir, fw_cfg_files=files))
+        if settings.network != "user":
+            files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)
+            return self._start(work_dir, qemu_command(settings, work_dir=work_dir, fw_cfg_files=files))
+        # An image guest on the restricted network: it reaches the parent as the guest sees it.
+        forwards = parent_forwards(self.settings, payload)
+        files = stage_fw_cfg(_guest_payload(payload), work_dir / FW_CFG_DIR)
+        command = qemu_command(settings, work_dir=work_dir, fw_cfg_files=files, forwards=forwards)
+        result = self._start(work_dir, command)
+        result.details.update(
+            guest="image", parent_forwards=forwards, guest_parent_url=guest_url(payload.parent_url)
+        )
+        return result
 
     def _provision_development(
         self, node: NodeSpec, work_dir: Path, settings: VmSettings, payload: SpawnPayload
@@ -369,17 +392,16 @@ class QemuProvisioner:
         if not isinstance(command, list) or not command:
             raise ProvisionError(f"Node {node.id} has no recorded QEMU command; provision it first")
         development = node.details.get("guest") == "development"
-        if development:
+        if node.details.get("guest") in ("development", "image"):
             payload = _guest_payload(payload)
         work_dir = node.work_dir.absolute()
         files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)  # refuses before the old guest is stopped
         stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)
         (work_dir / SERIAL_LOG).unlink(missing_ok=True)  # the console of this boot only
         result = self._start(work_dir, with_fw_cfg(command, files))
-        if not development:
-            return result
         details = {**node.details, **result.details}
-        return ProvisionResult(state="booting", provider_ref=result.provider_ref, details=details)
+        state = "booting" if development else result.state
+        return ProvisionResult(state=state, provider_ref=result.provider_ref, details=details)
 
     def _start(self, work_dir: Path, command: list[str]) -> ProvisionResult:
         try:
