@@ -194,8 +194,19 @@ def guest_pid(pidfile: Path) -> int | None:
     return pid
 
 
+def private_work_dir(work_dir: Path) -> None:
+    """work_dir and its parent (the data dir's nodes/) exist, 0700."""
+    for directory in (work_dir.parent, work_dir):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)
+
+
 def start_guest(command: Sequence[str], work_dir: Path) -> int:
     """Run QEMU (which daemonizes) and return the guest's pid; ProvisionError if it did not start."""
+    private_work_dir(work_dir)
+    for name in (QEMU_LOG, SERIAL_LOG):  # the console may show what the guest prints: owner only
+        (work_dir / name).unlink(missing_ok=True)
+        (work_dir / name).touch(mode=0o600)
     with (work_dir / QEMU_LOG).open("wb") as log:
         try:
             done = subprocess.run(
@@ -352,7 +363,7 @@ class QemuProvisioner:
         from hub.embedded.process import free_port
         from hub.provisioning.local import _child_env
 
-        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_work_dir(work_dir)
         forwards = parent_forwards(self.settings, payload)
         api_port, federation_port = free_port(), free_port()
         env = _child_env(self.settings, port=api_port) if self.settings else {}
@@ -397,7 +408,6 @@ class QemuProvisioner:
         work_dir = node.work_dir.absolute()
         files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)  # refuses before the old guest is stopped
         stop_guest(work_dir / PIDFILE, timeout_s=self.stop_timeout_s)
-        (work_dir / SERIAL_LOG).unlink(missing_ok=True)  # the console of this boot only
         result = self._start(work_dir, with_fw_cfg(command, files))
         details = {**node.details, **result.details}
         state = "booting" if development else result.state
