@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def payload_digest(payload: SpawnPayload) -> str:
 WATCHED_PROVIDERS = ("local", "qemu")
 FINAL_STATES = ("destroyed",)
 CONSOLE_MAX_LINES = 2000
+_CUT_KEY = re.compile(r"\A.*?-----END [A-Z0-9 ]*PRIVATE KEY-----", re.S)
 
 
 async def observe(settings: Settings, node: NodeInstance) -> dict[str, object]:
@@ -93,9 +95,11 @@ def console_lines(settings: Settings, node: NodeInstance, *, lines: int) -> list
         size = path.stat().st_size
         f.seek(max(0, size - 256 * lines))
         text = f.read().decode(errors="replace")
-    tail = [line.rstrip("\r") for line in text.splitlines()[-lines:]]
-    redactor = Redactor()
-    return [redactor.text(line) for line in tail]
+    # Redacted as one text, so a private key spanning lines goes whole; a key whose BEGIN line was
+    # cut off by the tail goes with everything before its END line.
+    text = Redactor().text(text)
+    text = _CUT_KEY.sub("[REDACTED PRIVATE KEY]", text)
+    return [line.rstrip("\r") for line in text.splitlines()[-lines:]]
 
 
 def console_path(settings: Settings, node: NodeInstance) -> Path | None:

@@ -367,6 +367,8 @@ async def destroy_node(
     node = await _node_of(session, peer)
     if node is None:
         raise Conflict(f"Child {peer.id} has no node to destroy", code="NO_NODE")
+    if node.state == "destroyed":
+        raise Conflict(f"The node of child {peer.id} is already destroyed", code="NODE_DESTROYED")
     spec = provisioning_service.node_spec(runtime.settings, node)
     provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
     await provisioner.destroy(node=spec)
