@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 DATA_DIR ?= .powernode
 CHILD_IMAGE_DIR ?= .child-image
 
-.PHONY: install test test-vm lint schemas run demo bench chaos mutate child-image clean
+.PHONY: install test test-vm lint schemas run demo bench soak chaos mutate child-image clean
 
 install: $(STAMP)
 
@@ -39,11 +40,20 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m hub.demo
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq --no-install-recommends wrk >/dev/null; } || \
 		echo "wrk is not installed and cannot be installed here: the heartbeat and accept benchmarks need it"
 	$(BIN)/python -m bench
+
+soak: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/python -m bench.soak
 
 # Minutes: kill -9 the parent's parts under load, check invariants (CHAOS_SECONDS, default 600).
 chaos: $(STAMP)

@@ -11,8 +11,8 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import accept, children_list, guest, handshake, heartbeat, replica
-from bench.common import Result, fmt
+from bench import accept, calibration, children_list, guest, handshake, heartbeat, plots, replica
+from bench.common import BENCH_ROOT, Result
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
     "accept": accept.run,
@@ -37,20 +37,20 @@ def run_one(name: str) -> Result:
 
 
 def summary(results: list[Result]) -> str:
-    rows = [("BENCHMARK", "CHECK", "MEASURED", "TARGET", "VERDICT", "MARGIN")]
+    rows = [("BENCHMARK", "CHECK", "RATIO", "TARGET", "VERDICT", "MEASURED (same run)")]
     for result in results:
         if result.error is not None:
             rows.append((result.name, "-", "-", "-", "ERROR", result.error))
         for check in result.checks:
-            side = "≥" if check.at_least else "<"
+            side = "≥" if check.at_least else "≤"
             rows.append(
                 (
                     result.name,
                     check.label,
-                    f"{fmt(check.value)} {check.unit}",
-                    f"{side} {fmt(check.target)} {check.unit}",
+                    f"{check.value:.2f}x",
+                    f"{side} {check.target:g}x",
                     "PASS" if check.passed else "MISS",
-                    f"x{check.margin:.2f}",
+                    check.basis,
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -71,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    print(calibration.line(), flush=True)
     results = [run_one(name) for name in args.names or list(BENCHMARKS)]
     print("\n" + summary(results))
+    plotted = plots.ratios(results, BENCH_ROOT / "ratios.svg")
+    if plotted:
+        print(f"plot of every verdict against its target: {plotted}")
     return 0 if all(r.verdict == "PASS" for r in results) else 1
 
 

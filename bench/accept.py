@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bench.common import ROOT, Result, Stopwatch, running_hub, workdir
+from bench.common import (
+    ROOT,
+    Result,
+    Stopwatch,
+    hub_database_url,
+    running_hub,
+    stop_process,
+    wait_for_answer,
+    workdir,
+)
+from bench.heartbeat import uses_uvloop
 from bench.machine import cpu_window
-from bench.wrk import run_wrk
+from bench.naive_accept import PATH as NAIVE_PATH
+from bench.naive_accept import load_ca
+from bench.wrk import WrkRun, run_wrk
+from hub.embedded.process import free_port
 from hub.localhub import LocalHub
+from hub.secrets import ca as ca_service
 from shared_contract.version import CONTRACT_VERSION
 
 CHILDREN = int(os.environ.get("BENCH_ACCEPT_CHILDREN", "3600"))
@@ -34,8 +51,11 @@ CLIENTS = 32
 THREADS = 2
 SPAWN_CONCURRENCY = 8
 MODE = "managed_child"
-TARGET_RATE = 300.0
-TARGET_P99_MS = 150.0
+NAIVE_CHILDREN = int(os.environ.get("BENCH_ACCEPT_NAIVE_CHILDREN", "1500"))
+CRYPTO_SAMPLES = 300
+TARGET_CPU_RATIO = 4.0  # hub CPU per accept / the cryptography alone
+TARGET_RATE_RATIO = 3.0  # hub accepts/s / the naive ORM endpoint's
+TARGET_P99_RATIO = 1.0  # hub p99 / the naive endpoint's p99
 
 
 def make_csr() -> str:
@@ -91,7 +111,9 @@ async def accept_all(url: str, bodies: list[dict[str, Any]], clients: int) -> tu
         return clock(), latencies
 
 
-def accept_script(path: Path, bodies: list[dict[str, Any]], threads: int) -> Path:
+def accept_script(
+    path: Path, bodies: list[dict[str, Any]], threads: int, target: str = f"{ROOT}/federation_api/accept"
+) -> Path:
     """A wrk script POSTing each accept body once: thread k takes bodies k, k+T, k+2T, …"""
     listed = ",\n".join(f"[==[{json.dumps(body)}]==]" for body in bodies)
     path.write_text(
@@ -111,16 +133,75 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 function request()
   i = i + step
-  return wrk.format(nil, "{ROOT}/federation_api/accept", nil, bodies[(i - 1) % #bodies + 1])
+  return wrk.format(nil, "{target}", nil, bodies[(i - 1) % #bodies + 1])
 end
 """
     )
     return path
 
 
+def crypto_only(ca_dir: Path, csrs: list[str]) -> float:
+    """CPU seconds per accept spent in the cryptography alone: load and verify the CSR, build and
+    sign the certificate, encode it (as the hub does, with the hub's own CA key)."""
+    ca = load_ca(ca_dir)
+    peer = uuid.uuid4()
+    began = time.process_time()
+    for pem in csrs:
+        cert = ca.sign_peer_csr(ca_service.parse_csr(pem), peer_id=peer)
+        cert.public_bytes(serialization.Encoding.PEM)
+    return (time.process_time() - began) / len(csrs)
+
+
+def naive_run(result: Result, hub: LocalHub, base: Path, uvloop: bool) -> WrkRun:
+    """The same wrk load against the naive ORM endpoint, on the hub's database and CA."""
+    tokens = asyncio.run(spawn_all(hub, NAIVE_CHILDREN + WARMUP))
+    bodies = [
+        {"acceptance_token": token, "contract_version": CONTRACT_VERSION, "csr_pem": make_csr()}
+        for token in tokens
+    ]
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.naive_accept", "--port", str(port), "--database-url",
+            hub_database_url(hub), "--ca-dir", str(hub.data_dir / "ca")]  # fmt: skip
+    with (base / "naive.log").open("ab") as log:
+        naive = subprocess.Popen(
+            [*argv, *(["--uvloop"] if uvloop else [])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_answer(naive, lambda: httpx.post(url + NAIVE_PATH, json={}).status_code == 401)
+        asyncio.run(accept_all_at(url, NAIVE_PATH, bodies[:WARMUP], clients=CLIENTS))
+        script = accept_script(base / "naive.lua", bodies[WARMUP:], THREADS, target=NAIVE_PATH)
+        with cpu_window(watch=naive.pid) as cpu:
+            run = run_wrk(url, script, threads=THREADS, connections=CLIENTS, seconds=SECONDS)
+    finally:
+        stop_process(naive)
+    if run.errors or run.requests > NAIVE_CHILDREN:
+        raise RuntimeError(f"naive endpoint: {run.errors} accepts failed or tokens ran out")
+    result.say(
+        f"naive ORM endpoint: {run.rate:.0f} accepts/s; p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms; "
+        f"its CPU {cpu.watched * 1000 / max(run.requests, 1):.2f} ms per accept"
+    )
+    return run
+
+
+async def accept_all_at(url: str, path: str, bodies: list[dict[str, Any]], clients: int) -> None:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        for body in bodies:
+            response = await client.post(path, json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"warm-up accept failed: {response.status_code} {response.text[:200]}")
+
+
 def run() -> Result:
     """Accepts driven by wrk, which (unlike a Python client on these 2 cores) measures the hub, not
-    itself; every body is a fresh token with its own CSR, so a non-2xx answer means a failure."""
+    itself; every body is a fresh token with its own CSR, so a non-2xx answer means a failure.
+    Baselines in the same run: the cryptography alone, and a naive ORM-per-request endpoint."""
     result = Result("accept")
     base = workdir("accept")
     with running_hub(base / "parent", {"POWERNODE_PROVISIONER": "manual"}) as hub:
@@ -133,19 +214,29 @@ def run() -> Result:
         ]
         asyncio.run(accept_all(hub.url, bodies[:WARMUP], clients=CLIENTS))
         script = accept_script(base / "accept.lua", bodies[WARMUP:], THREADS)
-        with cpu_window(watch=hub.process.pid if hub.process else None) as cpu:
+        hub_pid = hub.process.pid if hub.process else 0
+        with cpu_window(watch=hub_pid) as cpu:
             run = run_wrk(hub.url, script, threads=THREADS, connections=CLIENTS, seconds=SECONDS)
-    result.say(
-        f"wrk -t{THREADS} -c{CLIENTS} -d{SECONDS}s: {run.requests} accepts (EC P-256 CSR signed, "
-        f"{MODE} grant issued, each token once), plain HTTP port; {WARMUP} warm-up accepts not counted"
-    )
-    result.say(
-        f"{run.rate:.0f} accepts/s; latency p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms; "
-        f"non-2xx or socket errors: {run.errors}"
-    )
-    result.say(f"hub process CPU {cpu.watched * 1000 / max(run.requests, 1):.1f} ms per accept; {cpu}")
-    if run.errors or run.requests > CHILDREN:
-        raise RuntimeError(f"{run.errors} accepts failed or tokens ran out; see {script}")
-    result.check("accepts/s", run.rate, TARGET_RATE, "/s", at_least=True)
-    result.check("accept p99 latency", run.p99, TARGET_P99_MS, "ms", at_least=False)
+        if run.errors or run.requests > CHILDREN:
+            raise RuntimeError(f"{run.errors} accepts failed or tokens ran out; see {script}")
+        hub_cpu = cpu.watched / max(run.requests, 1)
+        result.say(
+            f"wrk -t{THREADS} -c{CLIENTS} -d{SECONDS}s: {run.requests} accepts (EC P-256 CSR signed, "
+            f"{MODE} grant issued, each token once), plain HTTP port; {WARMUP} warm-up accepts not counted"
+        )
+        result.say(
+            f"hub: {run.rate:.0f} accepts/s; latency p50 {run.p50:.1f} ms, p99 {run.p99:.1f} ms; "
+            f"hub process CPU {hub_cpu * 1000:.2f} ms per accept; {cpu}"
+        )
+        crypto = crypto_only(hub.data_dir / "ca", [b["csr_pem"] for b in bodies[:CRYPTO_SAMPLES]])
+        result.say(
+            f"cryptography alone (CSR load+verify, certificate build+sign+encode): {crypto * 1000:.3f} ms"
+        )
+        naive = naive_run(result, hub, base, uses_uvloop(hub_pid))
+    result.ratio("hub CPU per accept / crypto alone", hub_cpu * 1000, crypto * 1000, TARGET_CPU_RATIO,
+                 at_least=False, unit="ms", baseline_name="crypto")  # fmt: skip
+    result.ratio("accepts/s: hub / naive ORM endpoint", run.rate, naive.rate, TARGET_RATE_RATIO,
+                 at_least=True, unit="/s", baseline_name="naive")  # fmt: skip
+    result.ratio("accept p99: hub / naive ORM endpoint", run.p99, naive.p99, TARGET_P99_RATIO,
+                 at_least=False, unit="ms", baseline_name="naive")  # fmt: skip
     return result

@@ -25,17 +25,18 @@ ROOT = "/api/v1/system"
 
 @dataclass(frozen=True)
 class Check:
-    """One target: `value` against `target`, where `at_least` says which side passes."""
+    """One verdict: a ratio `value` (ours / a baseline measured in the same run) against `target`,
+    where `at_least` says which side passes; `basis` says what was divided by what, in figures."""
 
     label: str
     value: float
     target: float
-    unit: str
     at_least: bool
+    basis: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.value >= self.target if self.at_least else self.value < self.target
+        return self.value >= self.target if self.at_least else self.value <= self.target
 
     @property
     def margin(self) -> float:
@@ -45,11 +46,10 @@ class Check:
         return self.target / self.value if self.value else float("inf")
 
     def __str__(self) -> str:
-        side = "≥" if self.at_least else "<"
+        side = "≥" if self.at_least else "≤"
         verdict = "PASS" if self.passed else "MISS"
         return (
-            f"{self.label:<34} {fmt(self.value):>10} {self.unit:<6} target {side} {fmt(self.target)} "
-            f"{self.unit:<6} {verdict}  (x{self.margin:.2f} of target)"
+            f"{self.label:<40} {self.value:7.2f}x  target {side} {self.target:g}x  {verdict}  ({self.basis})"
         )
 
 
@@ -64,8 +64,24 @@ class Result:
         """Print a figure as soon as it is known: benchmarks take a while."""
         print(f"  {line}", flush=True)
 
-    def check(self, label: str, value: float, target: float, unit: str, *, at_least: bool) -> Check:
-        check = Check(label, value, target, unit, at_least)
+    def ratio(
+        self,
+        label: str,
+        ours: float,
+        baseline: float,
+        target: float,
+        *,
+        at_least: bool,
+        unit: str,
+        baseline_name: str,
+        value: float | None = None,
+    ) -> Check:
+        """A verdict on ours / baseline, both measured in this run; the absolute figures go with it.
+        `value` overrides the plain quotient (e.g. a median of paired per-round ratios)."""
+        if value is None:
+            value = ours / baseline if baseline else float("inf")
+        basis = f"{fmt(ours)} {unit} vs {baseline_name} {fmt(baseline)} {unit}"
+        check = Check(label, value, target, at_least, basis)
         self.checks.append(check)
         print(f"  {check}", flush=True)
         return check

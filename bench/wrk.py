@@ -36,7 +36,15 @@ def wrk_binary() -> str:
     return found
 
 
-def run_wrk(url: str, script: Path, *, threads: int, connections: int, seconds: int) -> WrkRun:
+def run_wrk(
+    url: str,
+    script: Path,
+    *,
+    threads: int,
+    connections: int,
+    seconds: int,
+    script_args: list[str] | None = None,
+) -> WrkRun:
     """One wrk run against a loopback URL (the only place load may go)."""
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError(f"load generators target 127.0.0.1 only, not {url}")
@@ -51,6 +59,7 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, seconds: 
         "-s",
         str(script),
         url,
+        *(["--", *script_args] if script_args else []),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if done.returncode != 0:
@@ -72,25 +81,37 @@ def parse(output: str) -> WrkRun:
     return WrkRun(int(requests.group(1)), float(rate.group(1)), latency, errors, output)
 
 
-def rotating_header_script(path: Path, *, header: str, values: list[str], body: str) -> Path:
-    """A wrk script POSTing `body` with `header` cycling through `values`; each thread starts
-    elsewhere in the list, so two threads do not send the same value at the same moment."""
-    listed = ",\n".join(f'  "{v}"' for v in values)
+def rotating_header_script(
+    path: Path,
+    *,
+    header: str,
+    values: list[str],
+    body: str,
+    threads: int = 2,
+    delay_ms: float | None = None,
+) -> Path:
+    """A wrk script POSTing `body` with `header` cycling through `values` (read from a file beside
+    the script: 100,000 of them are too many constants for one Lua chunk). Thread k of T sends
+    values k, k+T, k+2T, … so threads never send the same value at once; with `delay_ms`, each
+    connection waits that long between requests (a paced load rather than a flood)."""
+    listing = path.with_suffix(".values")
+    listing.write_text("\n".join(values) + "\n")
+    pacing = f"function delay()\n  return {delay_ms}\nend\n" if delay_ms else ""
     path.write_text(
-        f"""local values = {{
-{listed}
-}}
+        f"""local values = {{}}
+for line in io.lines("{listing}") do values[#values + 1] = line end
 local n = #values
 local threads = 0
 local i = 0
 
 function setup(thread)
-  thread:set("offset", threads * 7919)
+  thread:set("first", threads)
   threads = threads + 1
 end
 
 function init(args)
-  i = offset % n
+  step = {threads}
+  i = first
 end
 
 wrk.method = "POST"
@@ -98,9 +119,9 @@ wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 
 function request()
-  i = i % n + 1
-  return wrk.format(nil, nil, {{["{header}"] = values[i]}})
+  i = (i + step) % n
+  return wrk.format(nil, nil, {{["{header}"] = values[i + 1]}})
 end
-"""
+{pacing}"""
     )
     return path
