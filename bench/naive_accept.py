@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+import hub.models  # noqa: F401 - every table, so foreign keys resolve
 from hub.audit.models import AuditEvent
 from hub.federation.grants.models import FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer

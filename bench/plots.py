@@ -46,6 +46,7 @@ def ratios(results: Sequence[Result], path: Path) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    fig.savefig(path.with_suffix(".png"), dpi=90)
     plt.close(fig)
     return path
 
@@ -72,5 +73,6 @@ def soak(windows: Sequence[dict[str, float]], path: Path, *, target_p99_ms: floa
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    fig.savefig(path.with_suffix(".png"), dpi=90)
     plt.close(fig)
     return path
