@@ -27,6 +27,7 @@ from shared_contract.envelope import ErrorEnvelope, PageMeta, SuccessEnvelope
 from shared_contract.first_run import FirstRunResult, StandbyInfo
 from shared_contract.heartbeat import HeartbeatRequest, HeartbeatResponseData
 from shared_contract.payload import SpawnPayload
+from shared_contract.renew import RenewRequest, RenewResponseData
 from shared_contract.replication import ReplicationCredential
 from shared_contract.version import SCHEMA_VERSION
 
@@ -46,6 +47,8 @@ CONTRACT_MODELS: dict[str, type[BaseModel]] = {
     "heartbeat_request": HeartbeatRequest,
     "heartbeat_response": HeartbeatResponseData,
     "replication_credential": ReplicationCredential,
+    "renew_request": RenewRequest,
+    "renew_response": RenewResponseData,
     "standby_info": StandbyInfo,
     "first_run_result": FirstRunResult,
     "success_envelope": SuccessEnvelope[Any],

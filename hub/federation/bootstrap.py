@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from hub.audit import service as audit_service
 from hub.database import utcnow
-from hub.federation import member
+from hub.federation import member, renewal
 from hub.federation.grants.client import CA_CAPABILITY, FEDERATION_SCOPE
 from hub.federation.grants.models import FederationGrant
 from hub.federation.peering.client import PeerCallFailed, PeerClient, PeerCredentials
@@ -157,6 +157,7 @@ async def sync_with_parent(runtime: HubRuntime) -> str | None:
     credentials = parent_credentials(parent)
     if credentials is None:
         return None
+    credentials = await renewal.renew_if_due(runtime, parent, credentials)
     announcement = await _enroll_request(runtime, parent)
     try:
         async with PeerClient(credentials) as client:

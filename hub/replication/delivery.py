@@ -41,8 +41,9 @@ def redis_url(settings: Settings) -> str | None:
 def _deliverable(peer: FederationPeer, via: str) -> tuple[dict[str, Any], bool]:
     """The ready block and whether this is a repeat the member may have; else why not.
 
-    An accept retried by the same child key (the accept service proves that) gets it again: the
-    answer it lost may have carried it. The fetch route never repeats it.
+    An accept retried by the same child key (the accept service proves that) gets it again while
+    the member has not enrolled: the answer it lost may have carried it. The fetch route never
+    repeats it.
     """
     if peer.spawn_mode != "cluster_member":
         raise NotClusterMember(f"Peer {peer.id} is not a cluster_member")
@@ -51,7 +52,8 @@ def _deliverable(peer: FederationPeer, via: str) -> tuple[dict[str, Any], bool]:
         raise CredentialNotReady(
             f"The replication setup is not ready (state: {block.get('state', 'pending')})"
         )
-    repeat = via == VIA_ACCEPT and block.get("delivered_via") == VIA_ACCEPT
+    # Only while the member has not confirmed it got that answer (it enrolled with its certificate).
+    repeat = via == VIA_ACCEPT and block.get("delivered_via") == VIA_ACCEPT and peer.status == "accepted"
     if block.get("delivered_at") and not repeat:
         raise AlreadyDelivered(ALREADY_DELIVERED)
     return block, repeat

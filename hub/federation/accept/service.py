@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 from sqlalchemy import select, text, update
@@ -64,9 +65,10 @@ async def _consume(
 
 
 async def _retry_peer(
-    session: AsyncSession, *, public_id: str, secret_hash: str, key_fp: str | None
+    session: AsyncSession, *, public_id: str, secret_hash: str, key_fp: str | None, window: timedelta
 ) -> FederationPeer:
-    """A used token: the same key retrying after a lost response gets its answer again."""
+    """A used token: the same key retrying after a lost response gets its answer again, until the
+    token expires or `window` after its first use, whichever comes first (then the one 401)."""
     token = await session.scalar(
         select(AcceptanceToken).where(
             AcceptanceToken.public_id == public_id,
@@ -75,7 +77,10 @@ async def _retry_peer(
             AcceptanceToken.superseded_at.is_(None),
         )
     )
-    if token is None or key_fp is None or token.consumed_by is None:
+    if token is None or key_fp is None or token.consumed_by is None or token.consumed_at is None:
+        raise Unauthorized(NOT_RECOGNIZED)
+    now = utcnow()
+    if now >= token.expires_at or now >= token.consumed_at + window:
         raise Unauthorized(NOT_RECOGNIZED)
     if token.consumed_by != key_fp:
         raise Conflict(
@@ -202,12 +207,13 @@ _INSERT_HELD_GRANT = """
 
 
 async def _held_grant(
-    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, fresh: bool
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, fresh: bool, with_bearer: bool = True
 ) -> GrantInfo | None:
     """managed_child: the parent's operator grant on the child, issued once, in this transaction.
 
     Never a second one: once the grant was revoked (mutual emancipation), a retried accept does
-    not mint the parent a new bearer.
+    not mint the parent a new bearer; and once the child confirmed it got the first answer (it
+    enrolled), a retry says which grant it is without the bearer (`with_bearer`).
     """
     # A peer that was proposed a moment ago in this transaction cannot have one yet.
     grant = (
@@ -251,11 +257,13 @@ async def _held_grant(
             expires_at=row["expires_at"].isoformat(),
             bearer_token=bearer,
         )
-    if grant.state() == "active" and grant.bearer_secret_ref:
+    if grant.state() != "active" or not grant.bearer_secret_ref:
+        return None
+    if with_bearer:
         stored = await runtime.secrets.get(grant.bearer_secret_ref)
         bearer = stored["bearer"] if stored else None
     else:
-        return None
+        bearer = None
     return GrantInfo(
         id=str(grant.id),
         resource_kind=grant.resource_kind,
@@ -296,7 +304,10 @@ _SIGNED_AND_AUDITED = text(
         SET client_cert_fingerprint = coalesce(CAST(:fingerprint AS text), client_cert_fingerprint),
             client_cert_serial = coalesce(CAST(:serial AS text), client_cert_serial),
             signed_at = CASE WHEN CAST(:fingerprint AS text) IS NULL THEN coalesce(signed_at, now())
-                             ELSE now() END
+                             ELSE now() END,
+            metadata = CASE WHEN CAST(:cert_pem AS text) IS NULL THEN metadata
+                            ELSE coalesce(metadata, '{}'::jsonb)
+                                 || jsonb_build_object('accept_certificate', CAST(:cert_pem AS text)) END
         WHERE id = CAST(:peer_id AS uuid)
     )
     INSERT INTO audit_event (actor, action, target, outcome, details)
@@ -307,6 +318,24 @@ _SIGNED_AND_AUDITED = text(
 
 def _iso(value: datetime | None) -> str:
     return (value or utcnow()).isoformat()
+
+
+ACCEPT_CERTIFICATE = "accept_certificate"
+# The child shows it has the first answer by calling with its certificate (enroll): after that, a
+# retried accept no longer carries secrets.
+UNCONFIRMED = "accepted"
+
+
+def _issued_at_accept(peer: FederationPeer, key_fp: str) -> str | None:
+    """The certificate the first accept issued for this key, for a retry to get again (not a new one)."""
+    pem = (peer.metadata_ or {}).get(ACCEPT_CERTIFICATE)
+    if not isinstance(pem, str):
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    return pem if ca_service.key_fingerprint(cert.public_key()) == key_fp else None
 
 
 @metrics.counts_accept_failures
@@ -330,7 +359,8 @@ async def accept(
         if peer_id is not None:
             peer = await _mark_accepted(session, peer_id=peer_id, request=request, agreed=agreed)
         else:
-            peer = await _retry_peer(session, **token, key_fp=key_fp)
+            window = timedelta(seconds=runtime.settings.federation.accept_retry_window_seconds)
+            peer = await _retry_peer(session, **token, key_fp=key_fp, window=window)
             retry = True
     response: dict[str, Any] = {
         "peer_id": str(peer.id),
@@ -345,19 +375,25 @@ async def accept(
             runtime.settings, runtime.extras, request_host=request_host
         ),
     }
-    fingerprint = serial = None
-    if csr is not None:
-        cert = runtime.ca.sign_peer_csr(
-            csr, peer_id=peer.id, days=runtime.settings.federation.peer_cert_ttl_days
-        )
-        fingerprint, serial = ca_service.cert_fingerprint(cert), format(cert.serial_number, "x")
+    fingerprint = serial = cert_pem = None
+    if csr is not None and key_fp is not None:
+        issued = _issued_at_accept(peer, key_fp) if retry else None
+        if issued is None:
+            days = runtime.settings.federation.peer_cert_ttl_days
+            cert = runtime.ca.sign_peer_csr(csr, peer_id=peer.id, days=days)
+            fingerprint, serial = ca_service.cert_fingerprint(cert), format(cert.serial_number, "x")
+            cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        else:
+            cert = x509.load_pem_x509_certificate(issued.encode())
         response.update(
-            client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            client_cert_pem=issued or cert_pem,
             ca_chain_pem=runtime.ca.chain_pem,
-            client_cert_fingerprint=fingerprint,
+            client_cert_fingerprint=ca_service.cert_fingerprint(cert),
         )
     if peer.spawn_mode == "managed_child":
-        response["grant"] = await _held_grant(session, runtime=runtime, peer=peer, fresh=not retry)
+        response["grant"] = await _held_grant(
+            session, runtime=runtime, peer=peer, fresh=not retry, with_bearer=peer.status == UNCONFIRMED
+        )
     if peer.spawn_mode == "cluster_member":
         from hub.replication import service as replication_service
 
@@ -368,6 +404,7 @@ async def accept(
             "peer_id": peer.id,
             "fingerprint": fingerprint,
             "serial": serial,
+            "cert_pem": cert_pem,
             "actor": f"peer:{peer.id}",
             "action": "child.accept.retry" if retry else "child.accept",
             "details": json.dumps({"token_public_id": public_id, "key_bound": key_fp is not None}),

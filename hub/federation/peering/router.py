@@ -28,6 +28,7 @@ from hub.spawn.schemas import RevokeRequest
 from hub.wire import Envelope, envelope, error_body
 from shared_contract.enroll import EnrollRequest
 from shared_contract.heartbeat import HeartbeatRequest
+from shared_contract.renew import RenewRequest
 
 router = APIRouter(prefix="/system/federation_api", tags=["federation"])
 HEARTBEAT_PATH = peering.HEARTBEAT_PATH
@@ -116,6 +117,22 @@ async def enroll(
 ) -> dict:
     """The child finished its first run: accepted → enrolled (later: where it is reached now)."""
     result = await peering_service.enroll(session, peer=caller, request=request, redis=runtime.redis)
+    return envelope(result.to_wire())
+
+
+@router.post("/renew_certificate", status_code=200)
+async def renew_certificate(
+    request: RenewRequest,
+    caller: CallerDep,
+    identity: IdentityDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> dict:
+    """A child renews the client certificate it calls with, authenticated by that certificate;
+    from the answer on, only the new one identifies it."""
+    result = await peering_service.renew_certificate(
+        session, runtime=runtime, peer=caller, request=request, presented=identity.cert_fingerprint
+    )
     return envelope(result.to_wire())
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import cast, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,13 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import service as audit_service
 from hub.audit.models import AuditEvent
 from hub.database import utcnow
-from hub.exceptions import Conflict, Unauthorized, Unprocessable
+from hub.exceptions import Conflict, Forbidden, Unauthorized, Unprocessable
 from hub.federation.findings.service import ENROLL_REFUSED
 from hub.federation.grants import client
 from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import jobs as policies_jobs
+from hub.runtime import HubRuntime
+from hub.secrets import ca as ca_service
 from shared_contract.enroll import EnrollRequest, EnrollResponseData
+from shared_contract.renew import RenewRequest, RenewResponseData
 
 LIVE_STATUSES = ("accepted", "enrolled", "active", "degraded")
 NO_CERTIFICATE = "A valid peer client certificate is required"
@@ -153,6 +157,55 @@ async def enroll(
         await policies_jobs.enqueue_cascade(redis, peer_ids=[peer.id])
     return EnrollResponseData(
         peer_id=str(peer.id), status=peer.status, enrolled_at=(peer.enrolled_at or now).isoformat()
+    )
+
+
+async def renew_certificate(
+    session: AsyncSession,
+    *,
+    runtime: HubRuntime,
+    peer: FederationPeer,
+    request: RenewRequest,
+    presented: str | None,
+) -> RenewResponseData:
+    """A new client certificate for a peer whose certificate we issued (422 for a weak key); the
+    peer's fingerprint moves to it in the same statement that checks the old one is still current,
+    so the certificate the call was made with stops working and two renewals cannot both win."""
+    if peer.spawn_role != "parent":
+        raise Forbidden("This hub did not issue the certificate you call with", code="NOT_OUR_CERTIFICATE")
+    csr = ca_service.parse_csr(request.csr_pem)
+    cert = runtime.ca.sign_peer_csr(csr, peer_id=peer.id, days=runtime.settings.federation.peer_cert_ttl_days)
+    fingerprint = ca_service.cert_fingerprint(cert)
+    current = [FederationPeer.client_cert_fingerprint == presented] if presented is not None else []
+    moved = await session.scalar(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer.id, FederationPeer.status.in_(LIVE_STATUSES), *current)
+        .values(
+            client_cert_fingerprint=fingerprint,
+            client_cert_serial=format(cert.serial_number, "x"),
+            signed_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        .returning(FederationPeer.id)
+    )
+    if moved is None:
+        raise Unauthorized(NO_CERTIFICATE)
+    await audit_service.record(
+        session,
+        actor=f"peer:{peer.id}",
+        action="peer.certificate.renew",
+        target=str(peer.id),
+        details={
+            "serial": format(cert.serial_number, "x"),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+        },
+    )
+    await session.commit()
+    return RenewResponseData(
+        client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        ca_chain_pem=runtime.ca.chain_pem,
+        client_cert_fingerprint=fingerprint,
+        not_after=cert.not_valid_after_utc.isoformat(),
     )
 
 

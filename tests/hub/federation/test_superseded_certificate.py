@@ -1,8 +1,8 @@
 """A certificate that was replaced no longer identifies its peer, over the hub's real mTLS listener.
 
-A child retrying accept after a lost response gets a new certificate for the same key; from then
-on only that one works: the first one (still signed by our CA, same CN) is refused with 401 on
-heartbeat, enroll, peer, revoke and replication_credential, and changes nothing.
+A child that renewed its certificate (a fresh key) gets a new one; from then on only that one
+works: the first one (still signed by our CA, same CN) is refused with 401 on heartbeat, enroll,
+peer, revoke and replication_credential, and changes nothing.
 """
 
 from __future__ import annotations
@@ -31,28 +31,43 @@ def csr_for(key: ec.EllipticCurvePrivateKey) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-@pytest.fixture
-async def replaced(client, runtime, settings, tmp_path: Path):
-    """(old client, new client, peer id, operator headers): the first certificate was superseded."""
-    headers = await operator_headers(runtime)
-    data = await spawn(client, headers, "autonomous_peer")
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(
+def pem_of(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
+
+
+@pytest.fixture
+async def replaced(client, runtime, settings, tmp_path: Path):
+    """(old client, new client, peer id, operator headers): the first certificate was superseded
+    by a renewal (a retried accept returns the same certificate, issue 11 #10)."""
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "autonomous_peer")
+    key, renewed_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     body = {"acceptance_token": data["acceptance_token"], "contract_version": 1}
     first = (await client.post(ACCEPT, json={**body, "csr_pem": csr_for(key)})).json()["data"]
-    second = (await client.post(ACCEPT, json={**body, "csr_pem": csr_for(key)})).json()["data"]
-    assert first["client_cert_fingerprint"] != second["client_cert_fingerprint"]
     async with federation_listener(settings, runtime) as url:
-        old, new = (
-            peer_client(
-                url, tmp_path / name, cert_pem=d["client_cert_pem"], key_pem=key_pem, ca_pem=d["ca_chain_pem"]
-            )
-            for name, d in (("old", first), ("new", second))
+        old = peer_client(
+            url,
+            tmp_path / "old",
+            cert_pem=first["client_cert_pem"],
+            key_pem=pem_of(key),
+            ca_pem=first["ca_chain_pem"],
         )
-        async with old, new:
+        renewed = await old.post(f"{API}/renew_certificate", json={"csr_pem": csr_for(renewed_key)})
+        assert renewed.status_code == 200, renewed.text
+        second = renewed.json()["data"]
+        assert first["client_cert_fingerprint"] != second["client_cert_fingerprint"]
+        new = peer_client(
+            url,
+            tmp_path / "new",
+            cert_pem=second["client_cert_pem"],
+            key_pem=pem_of(renewed_key),
+            ca_pem=second["ca_chain_pem"],
+        )
+        async with new:
             yield old, new, data["child"]["id"], headers
+        await old.aclose()
 
 
 async def child_status(client, headers, peer_id) -> str:

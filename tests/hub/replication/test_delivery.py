@@ -138,3 +138,24 @@ async def test_only_a_live_cluster_member_may_fetch(spawn, client):
     assert (not_member.status_code, not_member.json()["code"]) == (409, "NOT_CLUSTER_MEMBER")
     assert (not_accepted.status_code, not_accepted.json()["code"]) == (401, "UNAUTHORIZED")
     assert anonymous.status_code == 401
+
+
+async def test_once_the_member_enrolled_a_retried_accept_carries_no_password(spawn, run_jobs, client, vault):
+    """Issue 11 #10: the key and token retried after the member confirmed delivery get no secret."""
+    child = await spawn()
+    await run_jobs()
+    csr = csr_pem()
+    first = await accept(client, child, csr_pem=csr)
+    enrolled = await client.post(
+        f"{FEDERATION_API}/enroll",
+        json={"platform_id": "member", "platform_url": "https://member.test"},
+        headers=child.peer_headers,
+    )
+
+    again = await accept(client, child, csr_pem=csr)
+
+    assert enrolled.status_code == 200, enrolled.text
+    password = read_secret(vault, child.names)["password"]
+    assert first["cluster_pg"]["password"] == password
+    assert again["cluster_pg"].get("password") is None and password not in str(again)
+    assert again["client_cert_pem"] == first["client_cert_pem"]
