@@ -32,6 +32,9 @@ debootstrap --variant=minbase \
 
 echo "== wheels: this project and its dependencies"
 "$PY" -m pip wheel --quiet -w "$OUT/wheels" "$SRC"
+# Debian's Python (bookworm: 3.11.2) may need what a newer build python does not: redis-py asks for
+# async-timeout below 3.11.3.
+"$PY" -m pip download --quiet --only-binary=:all: -d "$OUT/wheels" "async-timeout>=4.0.3"
 mkdir -p "$ROOT/tmp/wheels"
 cp "$OUT"/wheels/*.whl "$ROOT/tmp/wheels/"
 mkdir -p "$ROOT/opt/powernode"
