@@ -314,6 +314,7 @@ async def rotate_token(
             state=result.state,
             provider_ref=result.provider_ref,
             details=result.details,
+            error=None,  # booted again: what stopped the last boot is history (its console is gone)
             payload_digest=provisioning_service.payload_digest(payload),
         )
     return SpawnResult(peer=peer, token=token, payload=payload)
