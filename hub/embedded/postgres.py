@@ -28,6 +28,7 @@ from hub.embedded.process import (
     require_port,
     run,
     service_port,
+    slow_machine_factor,
     stop_pid,
     wait_until,
     write_private,
@@ -155,6 +156,7 @@ class PostgresServer:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the cluster (or adopt a postmaster still running on this data dir)."""
+        timeout *= slow_machine_factor()
         state = self._require_state()
         if self.is_running():
             self._adopt(state)
@@ -243,6 +245,7 @@ class PostgresServer:
             raise EmbeddedError(f"standby in {self.data_dir} is not streaming after {timeout:.0f}s")
 
     def _tool(self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        timeout *= slow_machine_factor()
         """Run one of the PostgreSQL binaries as the server user."""
         return run([pg_bin_dir() / name, *args], as_user=self.owner, env=env, timeout=timeout)
 

@@ -102,6 +102,15 @@ def process_cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def slow_machine_factor() -> float:
+    """POWERNODE_EMBEDDED_TIMEOUT_FACTOR (default 1): how much longer than usual the embedded
+    services may take to initialise and start, for a starved machine such as a TCG guest."""
+    try:
+        return max(1.0, float(os.environ.get("POWERNODE_EMBEDDED_TIMEOUT_FACTOR", "1")))
+    except ValueError:
+        return 1.0
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while True:

@@ -27,6 +27,7 @@ from hub.embedded.process import (
     read_json,
     require_port,
     service_port,
+    slow_machine_factor,
     stop_pid,
     wait_until,
     write_private,
@@ -63,6 +64,7 @@ class RedisServer:
         return f"redis://:{quote(state['password'], safe='')}@{HOST}:{state['port']}/{db}"
 
     def start(self, timeout: float = 30.0) -> None:
+        timeout *= slow_machine_factor()
         """Start redis-server (or adopt the one still serving this data dir) and wait for PING."""
         private_dir(self.data_dir, None)
         if self._state is None:

@@ -55,6 +55,7 @@ PIDFILE = "qemu.pid"
 INITRD = "initramfs.cpio"
 DEVELOPMENT_APPEND = "console=ttyS0 panic=-1 quiet"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TCG_TIMEOUT_FACTOR = 20
 START_TIMEOUT_S = 30.0
 KILL_WAIT_S = 5.0
 POLL_INTERVAL_S = 0.05
@@ -367,6 +368,8 @@ class QemuProvisioner:
         forwards = parent_forwards(self.settings, payload)
         api_port, federation_port = free_port(), free_port()
         env = _child_env(self.settings, port=api_port) if self.settings else {}
+        if settings.accel == "tcg":  # every instruction emulated: initdb alone may take minutes
+            env.setdefault("POWERNODE_EMBEDDED_TIMEOUT_FACTOR", str(TCG_TIMEOUT_FACTOR))
         data_dir = self.settings.data_dir if self.settings else work_dir
         initrd = guest.build_initramfs(
             kernel,
