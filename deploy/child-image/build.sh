@@ -83,6 +83,6 @@ mkfs.ext4 -q -L powernode-child -d "$ROOT" "$OUT/child.raw"
 rm -rf "$ROOT" "$OUT/wheels"
 cat > "$OUT/template-vm.json" <<JSON
 {"kernel": "$OUT/vmlinuz", "initrd": "$OUT/initrd.img", "disk_image": "$OUT/child.raw",
- "append": "root=/dev/vda rw console=ttyS0 panic=-1", "network": "user", "memory_mb": 2048, "cpus": 2}
+ "append": "root=/dev/vda rw console=ttyS0 panic=-1 no_timer_check", "network": "user", "memory_mb": 2048, "cpus": 2}
 JSON
 echo "child image: $OUT/child.raw (template vm settings: $OUT/template-vm.json)"

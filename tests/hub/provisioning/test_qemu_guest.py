@@ -32,7 +32,7 @@ if shutil.which("qemu-system-x86_64") is None or KERNEL is None:
     pytest.skip("QEMU guest test not run: qemu-system-x86_64 / kernel not installed", allow_module_level=True)
 pytestmark = pytest.mark.qemu
 BOOT_TIMEOUT_S = 300.0  # a bound for a hang: TCG on a shared, loaded machine is slow
-APPEND = "console=ttyS0 panic=-1 quiet"
+APPEND = "console=ttyS0 panic=-1 quiet no_timer_check"
 
 
 def ca_chain_pem() -> str:
