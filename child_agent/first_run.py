@@ -157,7 +157,8 @@ def _cluster_member(
 def _hand_over_database_credential(
     paths: StatePaths, credential: ReplicationCredential, block: ClusterPgBlock
 ) -> None:
-    """The member's hub has no primary of its own: it writes to the parent's with this role."""
+    """The member's hub has no primary of its own: it writes to the parent's with this role, and
+    joins the parent's platform queue with its own Redis user."""
     write_json(
         paths.platform_database,
         {
@@ -166,6 +167,8 @@ def _hand_over_database_credential(
             "database": block.database or "postgres",
             "username": credential.username,
             "password": credential.password,
+            # The parent's Redis as this member's own ACL user (platform queue only), if it sent one.
+            "redis_url": credential.redis_url,
         },
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 
-from hub import migrate, operator_cli
+from hub import dbroles, migrate, operator_cli
 from hub.config import Settings, UnsafeProduction
 from hub.database import create_engine, create_sessionmaker, session_scope
 from hub.embedded.process import EmbeddedError
@@ -110,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_option(migrate_cmd)
     migrate_cmd.add_argument("--revision", default="head", help="target revision (%(default)s)")
     migrate_cmd.set_defaults(handler=_migrate)
+
+    bootstrap_cmd = commands.add_parser(
+        "bootstrap-database",
+        help="create the hub's owner role and database on an external PostgreSQL (as a superuser)",
+        description="With a superuser's URL in POWERNODE_BOOTSTRAP_SUPERUSER_URL: create the role "
+        "and password named in DATABASE_URL (no superuser, no CREATEROLE), its database, and the "
+        "narrow replication admin role and functions cluster_member needs. Run once, before migrate.",
+    )
+    bootstrap_cmd.set_defaults(handler=_bootstrap_database)
 
     token_cmd = commands.add_parser("operator-token", help="manage operator tokens")
     token_sub = token_cmd.add_subparsers(dest="token_command", required=True)
@@ -215,6 +225,20 @@ def _operator_token_create(args: argparse.Namespace, settings: Settings) -> None
         plaintext = asyncio.run(create(settings.database_url()))
     print("Operator token (shown ONCE; store it now):", file=sys.stderr)
     print(plaintext)
+
+
+def _bootstrap_database(args: argparse.Namespace, settings: Settings) -> None:
+    superuser_url = os.environ.get("POWERNODE_BOOTSTRAP_SUPERUSER_URL")
+    if not superuser_url or settings.embedded:
+        print(
+            "bootstrap-database needs DATABASE_URL (the hub's role) and "
+            "POWERNODE_BOOTSTRAP_SUPERUSER_URL (a superuser, used only now); "
+            "the embedded default bootstraps itself",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    database = asyncio.run(dbroles.bootstrap(superuser_url, settings.database_url()))
+    print(f"Database {database} is owned by the hub's role; now run `powernode-hub migrate`")
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> None:

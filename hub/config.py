@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,8 @@ class RedisSettings(BaseSettings):
     model_config = _group("REDIS_")
     url: SecretStr | None = None
     advertised_url: str | None = None
+    # The primary-duties queue's own database: a cluster_member's Redis user may not SELECT it.
+    primary_db: int | None = Field(default=None, ge=0, le=15)
 
 
 class VaultSettings(BaseSettings):
@@ -175,6 +177,21 @@ class Settings(BaseSettings):
         if self.redis.url is None:
             raise RuntimeError("REDIS_URL is not set and the embedded Redis is not running")
         return self.redis.url.get_secret_value()
+
+    def primary_redis_url(self) -> str:
+        """The primary-duties queue: same Redis, database `REDIS_PRIMARY_DB` (default: the next one)."""
+        url = self.redis_url()
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(path=f"/{primary_db(url, self.redis.primary_db)}"))
+
+
+def primary_db(platform_url: str, configured: int | None = None) -> int:
+    """The primary-duties queue's database: `configured`, else the one after the platform queue's."""
+    if configured is not None:
+        return configured
+    path = urlsplit(platform_url).path.strip("/")
+    platform = int(path) if path.isdigit() else 0
+    return platform + 1 if platform < 15 else platform - 1
 
 
 def _placeholder(value: SecretStr | None) -> bool:

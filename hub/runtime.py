@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hub import database
 from hub.config import Settings
+from hub.exceptions import ServiceUnavailable
 from hub.jobcodec import ARQ_CODEC
 from hub.secrets import ca as ca_service
 from hub.secrets.store import SecretStore, open_store
@@ -32,6 +33,9 @@ class HubRuntime:
     redis: ArqRedis
     secrets: SecretStore
     ca: ca_service.FederationCA
+    # The primary-duties queue's pool, in its own Redis database; None on a node without primary
+    # duties (a cluster_member), whose Redis user may not reach that database.
+    primary_redis: ArqRedis | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -44,11 +48,20 @@ class HubRuntime:
         redis = await create_pool(
             arq_redis_settings(settings.redis_url()), default_queue_name=queue_name(), **ARQ_CODEC
         )
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        secrets = open_store(settings)
+        primary_redis: ArqRedis | None = None
         try:
+            if settings.primary_duties:
+                primary_redis = await create_pool(
+                    arq_redis_settings(settings.primary_redis_url()),
+                    default_queue_name=PRIMARY_QUEUE,
+                    **ARQ_CODEC,
+                )
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            secrets = open_store(settings)
             ca = await ca_service.load_or_create(data_dir=settings.data_dir, store=secrets)
         except BaseException:
+            if primary_redis is not None:
+                await primary_redis.aclose()
             await redis.aclose()
             await engine.dispose()
             raise
@@ -59,12 +72,24 @@ class HubRuntime:
             redis=redis,
             secrets=secrets,
             ca=ca,
+            primary_redis=primary_redis,
         )
+
+    def primary_queue(self) -> ArqRedis:
+        """Where the primary's own work is queued; refused on a node without primary duties."""
+        if self.primary_redis is None:
+            raise ServiceUnavailable(
+                "This node has no primary duties (a cluster_member): do this on the parent hub",
+                code="NOT_PRIMARY",
+            )
+        return self.primary_redis
 
     async def close(self) -> None:
         heartbeats = self.extras.pop("heartbeats", None)
         if heartbeats is not None:
             await heartbeats.close()
+        if self.primary_redis is not None:
+            await self.primary_redis.aclose()
         await self.redis.aclose()
         await self.engine.dispose()
 

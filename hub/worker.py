@@ -143,7 +143,9 @@ def worker_settings(
         "cron_jobs": instrumented(primary_cron_jobs(settings) if primary else cron_jobs(settings)),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "redis_settings": arq_redis_settings(settings.redis_url()),
+        "redis_settings": arq_redis_settings(
+            settings.primary_redis_url() if primary else settings.redis_url()
+        ),
         "queue_name": PRIMARY_QUEUE if primary else queue_name(),
         "ctx": {"settings": settings, "heartbeats": heartbeats and not primary, "runtime": runtime},
         "handle_signals": False,

@@ -61,7 +61,8 @@ class GrantInfo(WireModel):
 
 
 class ClusterPgBlock(WireModel):
-    """The cluster_member replication block; password only when the credential is delivered."""
+    """The cluster_member replication block; password and redis_url only when the credential is
+    delivered (redis_url: the parent's Redis as the member's own ACL user, platform queue only)."""
 
     state: ShortStr
     slot_name: ShortStr
@@ -73,10 +74,11 @@ class ClusterPgBlock(WireModel):
     database: ShortStr | None = None
     prepared_at: IsoTimestamp | None = None
     expires_at: IsoTimestamp | None = None
+    redis_url: UrlStr | None = Field(default=None, repr=False)
 
     def without_password(self) -> "ClusterPgBlock":
-        """Return a copy that is safe to store: the password removed."""
-        return self.model_copy(update={"password": None})
+        """Return a copy that is safe to store: the password and the Redis URL removed."""
+        return self.model_copy(update={"password": None, "redis_url": None})
 
 
 class AcceptResponseData(WireModel):
@@ -98,4 +100,5 @@ class AcceptResponseData(WireModel):
     # Where the child presents its client certificate (enroll, heartbeats, the replication
     # credential); it may differ from the parent_url the child accepted at.
     federation_url: UrlStr | None = None
+    # No longer sent (the parent's own Redis URL was); the member's is cluster_pg.redis_url.
     redis_url: UrlStr | None = Field(default=None, repr=False)

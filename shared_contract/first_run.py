@@ -45,8 +45,8 @@ class FirstRunResult(WireModel):
     @field_validator("cluster_pg")
     @classmethod
     def _refuse_password(cls, value: ClusterPgBlock | None) -> ClusterPgBlock | None:
-        if value is not None and value.password is not None:
-            raise ValueError("cluster_pg.password must not be stored; strip it first")
+        if value is not None and (value.password is not None or value.redis_url is not None):
+            raise ValueError("cluster_pg.password must not be stored (nor its redis_url); strip them first")
         return value
 
     def write(self, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from shared_contract._base import MAX_TOKEN, IsoTimestamp, ShortStr, WireModel
+from shared_contract._base import MAX_TOKEN, IsoTimestamp, ShortStr, UrlStr, WireModel
 
 
 class ReplicationCredential(WireModel):
@@ -16,3 +16,5 @@ class ReplicationCredential(WireModel):
     credential_id: ShortStr
     expires_at: IsoTimestamp | None = None
     database: ShortStr | None = None
+    # Our addition: the parent's Redis as the member's own ACL user (platform queue only).
+    redis_url: UrlStr | None = Field(default=None, repr=False)

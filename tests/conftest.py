@@ -1,7 +1,8 @@
 """Fixtures: real PostgreSQL, Redis and OpenBao for the whole session (DESIGN §10).
 
 Session: `harness_dir`, `pg_server`, `redis_server`, `openbao`, `databases`, `migrated_template`.
-Per test: `database_url` (a clone of the migrated template, dropped afterwards), `redis_url` (a
+Per test: `database_url` (a clone of the migrated template, dropped afterwards; the hub's owner
+role, no superuser), `superuser_url` (the same database as the bootstrap superuser), `redis_url` (a
 Redis db flushed before and after), `settings`, `runtime`, `client`, `run_jobs`, `scratch_dir`,
 `pg_pair` (a primary + streaming standby of their own). Set `DATABASE_URL`, `REDIS_URL`,
 `VAULT_ADDR` (+ `VAULT_TOKEN`) to use running servers instead of starting them.
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 from arq.worker import Worker
 
 from hub import migrate
-from hub.config import DatabaseSettings, RedisSettings, Settings, VaultSettings
+from hub.config import DatabaseSettings, RedisSettings, Settings, VaultSettings, primary_db
 from hub.embedded.postgres import PostgresServer, make_standby
 from hub.main import create_app
 from hub.runtime import HubRuntime
@@ -104,16 +105,25 @@ async def database_url(databases: DatabaseFactory, migrated_template: str) -> As
 
 
 @pytest.fixture
+def superuser_url(databases: DatabaseFactory, database_url: str) -> str:
+    """The same database as the bootstrap superuser (the hub itself never has this)."""
+    return databases.superuser_url(database_url)
+
+
+@pytest.fixture
 async def redis_url(redis_server: Any) -> AsyncIterator[str]:
     # Rotating db numbers keep a straggler from the previous test out of this one's keys.
     url = redis_server.url(db=next(_numbers) % 15 + 1)
-    client = aioredis.Redis.from_url(url)
-    await client.flushdb()
+    # Its primary-duties queue's database too (hub/config.py `primary_db`).
+    clients = [aioredis.Redis.from_url(u) for u in (url, redis_server.url(db=primary_db(url)))]
+    for client in clients:
+        await client.flushdb()
     try:
         yield url
     finally:
-        await client.flushdb()
-        await client.aclose()
+        for client in clients:
+            await client.flushdb()
+            await client.aclose()
 
 
 @pytest.fixture

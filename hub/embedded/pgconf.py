@@ -25,6 +25,9 @@ class ClusterState:
     socket_dir: str
     durable: bool = True
     replication: bool = True
+    # The hub's own login (no superuser): the owner of its database (hub/dbroles.py).
+    owner: str | None = None
+    owner_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> ClusterState | None:

@@ -203,12 +203,23 @@ class PostgresServer:
         pid = self.pid()
         return pid is not None and pid_alive(pid) and process_cwd(pid) == self.data_dir.resolve()
 
-    def url(self, database: str = "postgres") -> str:
+    def url(self, database: str = "postgres", *, user: str | None = None, password: str | None = None) -> str:
+        """A URL for `database`, as the superuser unless `user`/`password` are given."""
         state = self._require_state()
+        user, password = (user, password or "") if user else (state.superuser, state.password)
         return (
-            f"postgresql://{quote(state.superuser, safe='')}:{quote(state.password, safe='')}"
+            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
             f"@{HOST}:{state.port}/{quote(database, safe='')}"
         )
+
+    def owner_credentials(self, owner: str) -> tuple[str, str]:
+        """The hub's owner login (made once, kept in the state file beside the cluster)."""
+        state = self._require_state()
+        if state.owner != owner or not state.owner_password:
+            state.owner, state.owner_password = owner, secrets.token_urlsafe(24)
+            self._save_state(state)
+        assert state.owner_password is not None
+        return owner, state.owner_password
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over TCP; returns unaligned, tuples-only output."""

@@ -6,6 +6,7 @@ As with PostgreSQL, a server left running by a killed hub is adopted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -74,6 +75,7 @@ class RedisServer:
             return
         self._pidfile.unlink(missing_ok=True)
         require_port(self.port, "Redis", self.data_dir / "redis.json")
+        self._write_default_user()
         write_private(self.data_dir / "redis.conf", self._conf())
         self._process = self._spawn()
         if not wait_until(self._answers, timeout):
@@ -105,6 +107,24 @@ class RedisServer:
     @property
     def _pidfile(self) -> Path:
         return self.data_dir / "redis.pid"
+
+    @property
+    def _aclfile(self) -> Path:
+        return self.data_dir / "users.acl"
+
+    def _write_default_user(self) -> None:
+        """The `default` user requires the password (no open default user); members' lines stay."""
+        digest = hashlib.sha256(self._require_state()["password"].encode()).hexdigest()
+        default = f"user default on #{digest} ~* &* +@all"
+        try:
+            kept = [
+                line
+                for line in self._aclfile.read_text().splitlines()
+                if not line.startswith("user default ")
+            ]
+        except FileNotFoundError:
+            kept = []
+        write_private(self._aclfile, "\n".join([default, *kept]) + "\n")
 
     @property
     def _logfile(self) -> Path:
@@ -145,7 +165,9 @@ class RedisServer:
             "pidfile": str(self._pidfile),
             "logfile": str(self._logfile),
             "daemonize": "no",
-            "requirepass": state["password"],
+            # Users (ours, the `default` one with the password, and one per cluster_member) live in
+            # the ACL file, so members' users survive a restart (the hub ACL SAVEs after changes).
+            "aclfile": str(self._aclfile),
             "appendonly": "yes" if self.appendonly else "no",
             # The append-only file is the persistence; RDB snapshots would only add forks.
             "save": '""',

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from hub import dbroles
 from hub.embedded.postgres import PostgresServer
 from hub.embedded.privileges import ensure_traversable
 from hub.embedded.process import EmbeddedError
@@ -44,7 +45,9 @@ class EmbeddedServices:
 
     @property
     def database_url(self) -> str:
-        return self.postgres.url(DATABASE)
+        """The hub's URL: its owner role, no superuser (the superuser only bootstraps)."""
+        user, password = self.postgres.owner_credentials(dbroles.OWNER)
+        return self.postgres.url(DATABASE, user=user, password=password)
 
     @property
     def redis_url(self) -> str:
@@ -118,8 +121,7 @@ class EmbeddedServices:
             log.info("initialising the embedded PostgreSQL in %s", self.postgres.data_dir)
             self.postgres.init(superuser=SUPERUSER, durable=self.durable)
         self.postgres.start()
-        if DATABASE not in self.postgres.databases():
-            self.postgres.create_database(DATABASE)
+        bootstrap_database(self.postgres, DATABASE)
 
     def _lock(self) -> None:
         """One hub per data dir: two would fight over the same postmaster and Redis."""
@@ -140,3 +142,13 @@ class EmbeddedServices:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def bootstrap_database(server: PostgresServer, database: str) -> None:
+    """As the superuser: the owner and replication admin roles, `database` owned by the owner, and
+    the admin functions in it (hub/dbroles.py). Safe to run on every start."""
+    owner, password = server.owner_credentials(dbroles.OWNER)
+    server.psql(";\n".join(dbroles.cluster_statements(owner=owner, owner_password=password)))
+    if database not in server.databases():
+        server.psql(f"CREATE DATABASE {dbroles.quote_ident(database)} OWNER {dbroles.quote_ident(owner)}")
+    server.psql(";\n".join(dbroles.database_statements(database=database, owner=owner)), database=database)

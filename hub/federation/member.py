@@ -86,6 +86,9 @@ def configure(settings: Settings) -> Settings:
         "database": settings.database.model_copy(update={"url": SecretStr(url)}),
         "primary_duties": False,
     }
-    if result.redis_url and settings.redis.url is None:
-        update["redis"] = settings.redis.model_copy(update={"url": SecretStr(result.redis_url)})
+    # Its own Redis ACL user on the parent's Redis (delivered with the database credential); an
+    # agent of a parent from before member Redis users left the parent's URL in the result.
+    redis_url = credential.get("redis_url") or result.redis_url
+    if redis_url and settings.redis.url is None:
+        update["redis"] = settings.redis.model_copy(update={"url": SecretStr(redis_url)})
     return settings.model_copy(update=update)

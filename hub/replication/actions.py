@@ -50,7 +50,7 @@ async def retry_setup(
             f"The acceptance token of child {peer.id} expired unaccepted; rotate it, then retry",
             code="TOKEN_EXPIRED",
         )
-    job_id = await replication_jobs.enqueue_setup(runtime.redis, peer_id=peer.id, retry=True)
+    job_id = await replication_jobs.enqueue_setup(runtime.primary_queue(), peer_id=peer.id, retry=True)
     await audit_service.record(
         session,
         actor=actor,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -12,10 +10,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub.database import utcnow
+from hub.dbroles import quote_ident, quote_literal, scram_verifier
+
+__all__ = ["Credential", "ReplicaNames", "peer_of_slot", "quote_ident", "quote_literal"]
 
 PREFIX = "powernode_repl_"
 SECRET_ROOT = "cluster_member_pg_replica"
-SCRAM_ITERATIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,29 @@ class Credential:
     username: str
     password: str = field(repr=False)
     expires_at: datetime
+    # The member's Redis ACL user (same name) has its own password, made and rotated with this one.
+    redis_password: str = field(repr=False, default="")
 
     @classmethod
     def new(cls, *, username: str, ttl_days: int) -> Credential:
-        password = base64.b64encode(secrets.token_bytes(32)).decode()
-        return cls(username=username, password=password, expires_at=utcnow() + timedelta(days=ttl_days))
+        return cls(
+            username=username,
+            password=base64.b64encode(secrets.token_bytes(32)).decode(),
+            expires_at=utcnow() + timedelta(days=ttl_days),
+            redis_password=secrets.token_urlsafe(32),
+        )
 
     @classmethod
     def from_secret(cls, data: dict[str, Any] | None) -> Credential | None:
         if not data or not data.get("password") or not data.get("expires_at"):
             return None
+        if not data.get("redis_password"):
+            return None  # made before members had their own Redis user: make a new one
         return cls(
             username=str(data.get("username", "")),
             password=str(data["password"]),
             expires_at=datetime.fromisoformat(str(data["expires_at"])),
+            redis_password=str(data["redis_password"]),
         )
 
     def to_secret(self) -> dict[str, str]:
@@ -75,33 +84,12 @@ class Credential:
             "username": self.username,
             "password": self.password,
             "expires_at": self.expires_at.isoformat(),
+            "redis_password": self.redis_password,
         }
 
     def expired(self) -> bool:
         return self.expires_at <= utcnow()
 
     def scram_verifier(self, *, salt: bytes | None = None) -> str:
-        """The SCRAM-SHA-256 verifier PostgreSQL stores (RFC 5802/7677), computed here so that the
-        plaintext never reaches the server: not its statement log, pg_stat_activity or an error."""
-        salt = salt or secrets.token_bytes(16)
-        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), salt, SCRAM_ITERATIONS)
-        client_key = hmac.digest(salted, b"Client Key", "sha256")
-        stored_key = hashlib.sha256(client_key).digest()
-        server_key = hmac.digest(salted, b"Server Key", "sha256")
-        return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """A string literal for DDL, which takes no bind parameters. Backslashes are refused rather than
-    escaped: their meaning depends on the server's standard_conforming_strings."""
-    if "\x00" in value or "\\" in value:
-        raise ValueError("refusing a SQL literal with NUL or a backslash")
-    return "'" + value.replace("'", "''") + "'"
+        """The SCRAM-SHA-256 verifier PostgreSQL stores: the plaintext never reaches the server."""
+        return scram_verifier(self.password, salt=salt)

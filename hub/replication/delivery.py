@@ -14,11 +14,10 @@ from sqlalchemy import ColumnElement, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.audit import service as audit_service
-from hub.config import Settings
 from hub.database import utcnow
 from hub.exceptions import ServiceUnavailable
 from hub.federation.peers.models import FederationPeer
-from hub.replication import metadata
+from hub.replication import metadata, redis_acl
 from hub.replication.credentials import Credential, ReplicaNames
 from hub.replication.exceptions import AlreadyDelivered, CredentialNotReady, NotClusterMember
 from hub.runtime import HubRuntime
@@ -29,13 +28,6 @@ DELIVERY_STATUSES = ("accepted", "enrolled", "active", "degraded")
 DELIVERY_KEYS = ("delivered_at", "delivered_via")
 VIA_ACCEPT = "accept"
 ALREADY_DELIVERED = "The replication credential was already delivered; an operator can reissue it"
-
-
-def redis_url(settings: Settings) -> str | None:
-    """The Redis a cluster_member's workers share with us: the advertised URL, else our own."""
-    if settings.redis.advertised_url:
-        return settings.redis.advertised_url
-    return settings.redis.url.get_secret_value() if settings.redis.url else None
 
 
 def _deliverable(peer: FederationPeer, via: str) -> tuple[dict[str, Any], bool]:
@@ -107,7 +99,10 @@ async def deliver(
         target=str(peer.id),
         details={"via": via},
     )
-    return ClusterPgBlock.model_validate({**claimed, "password": credential.password})
+    redis_url = redis_acl.member_url(
+        runtime.settings, username=credential.username, password=credential.redis_password
+    )
+    return ClusterPgBlock.model_validate({**claimed, "password": credential.password, "redis_url": redis_url})
 
 
 async def fetch_credential(

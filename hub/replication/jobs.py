@@ -96,7 +96,7 @@ async def replication_slot_janitor(ctx: dict[str, Any]) -> dict[str, int]:
         result = await janitor.sweep_slots(session, settings=runtime.settings)
         members = await janitor.members_to_tear_down(session)
     for peer_id, expired in members:
-        await enqueue_teardown(runtime.redis, peer_id=peer_id, expired=expired)
+        await enqueue_teardown(runtime.primary_queue(), peer_id=peer_id, expired=expired)
     result["teardowns"] = len(members)
     if result["reported"] or result["resolved"] or members:
         log.info("replication slot janitor: %s", result)

@@ -10,13 +10,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import asyncpg
+import redis.exceptions
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub import dbroles
 from hub.config import Settings
-from hub.replication.credentials import PREFIX, Credential, ReplicaNames, quote_ident, quote_literal
+from hub.replication.credentials import PREFIX, Credential, ReplicaNames
 from hub.replication.exceptions import SetupFailed
 from hub.secrets.store import SecretStoreUnavailable
 
@@ -80,6 +82,16 @@ def step(name: str) -> Iterator[None]:
         raise SetupFailed(f"{name} failed: {message}{suffix}", transient=transient) from None
     except (SecretStoreUnavailable, OSError, TimeoutError) as e:
         raise SetupFailed(f"{name} failed: {_postgres_error(e)[1]}", transient=True) from None
+    except redis.exceptions.NoPermissionError:
+        raise SetupFailed(
+            f"{name} failed: this hub's Redis user may not manage ACL users "
+            "(it needs +acl|setuser +acl|deluser +acl|save; see the README)",
+            transient=False,
+        ) from None
+    except redis.exceptions.ResponseError as e:
+        raise SetupFailed(f"{name} failed: Redis answered {type(e).__name__}", transient=False) from None
+    except redis.exceptions.RedisError as e:
+        raise SetupFailed(f"{name} failed: {type(e).__name__}", transient=True) from None
 
 
 async def lock(session: AsyncSession, *, peer_id: uuid.UUID) -> None:
@@ -91,61 +103,62 @@ async def lock(session: AsyncSession, *, peer_id: uuid.UUID) -> None:
 
 async def ensure_slot(session: AsyncSession, *, name: str) -> bool:
     """The physical slot, WAL reserved from now on; False when an earlier run already made it."""
-    exists = await session.scalar(
-        text("SELECT true FROM pg_replication_slots WHERE slot_name = :name"), {"name": name}
+    created = await session.scalar(
+        text(f"SELECT {dbroles.ADMIN_SCHEMA}.create_member_slot(:name)"), {"name": name}
     )
-    if exists:
-        return False
-    await session.execute(text("SELECT pg_create_physical_replication_slot(:name, true)"), {"name": name})
-    return True
+    return bool(created)
 
 
 async def ensure_role(session: AsyncSession, *, credential: Credential) -> None:
-    """Create or alter the LOGIN REPLICATION role to this credential, in the session's transaction."""
-    exists = await session.scalar(
-        text("SELECT true FROM pg_roles WHERE rolname = :name"), {"name": credential.username}
+    """The member's LOGIN REPLICATION role at this credential, and DML on the hub's tables.
+
+    Through the replication admin's functions (the hub's owner role may not create roles); only
+    the SCRAM verifier is sent, as a bind parameter, so the password reaches no server log.
+    """
+    await session.execute(
+        text(f"SELECT {dbroles.ADMIN_SCHEMA}.ensure_member_role(:name, :verifier, :valid_until)"),
+        {
+            "name": credential.username,
+            "verifier": credential.scram_verifier(),
+            "valid_until": credential.expires_at,
+        },
     )
-    statement = (
-        f"{'ALTER' if exists else 'CREATE'} ROLE {quote_ident(credential.username)} "
-        f"WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE "
-        f"PASSWORD {quote_literal(credential.scram_verifier())} "
-        f"VALID UNTIL {quote_literal(credential.expires_at.isoformat())}"
-    )
-    # DDL takes no bind parameters, and SQLAlchemy's engine logger prints statements at INFO: run
-    # this one on the driver connection (same transaction), where nothing logs it.
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    if driver is None:
-        raise RuntimeError("the database connection was closed under the role statement")
-    await driver.execute(statement)
     await _grant_platform_access(session, role=credential.username)
 
 
+def member_tables() -> list[str]:
+    """The tables a member's hub reads and writes: every table of the hub's schema, by name."""
+    from hub import models
+
+    return [*models.Base.metadata.tables, *dbroles.READ_ONLY_TABLES]
+
+
+async def _lock_grants(session: AsyncSession) -> None:
+    """GRANT/REVOKE on one table rewrite its ACL row: two members' runs at once would collide."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"{PREFIX}grants"}
+    )
+
+
 async def _grant_platform_access(session: AsyncSession, *, role: str) -> None:
-    """A member's hub writes to this primary with the same credential: it inherits the hub
-    owner's table privileges, but may not SET ROLE to it (PostgreSQL 16+; older servers grant
-    plain membership, documented in the README)."""
-    owner = await session.scalar(text("SELECT current_user"))
-    version = int(await session.scalar(text("SHOW server_version_num")) or 0)
-    options = " WITH INHERIT TRUE, SET FALSE" if version >= 160000 else ""
-    await session.execute(text(f"GRANT {quote_ident(str(owner))} TO {quote_ident(role)}{options}"))
+    """A member's hub writes to this primary with the same credential: DML on the named tables
+    (it is a node of the same platform), never ownership, DDL or the owner role's membership."""
+    await _lock_grants(session)
+    for statement in dbroles.member_grants(role, member_tables()):
+        await session.execute(text(statement))
 
 
 async def drop(session: AsyncSession, *, names: ReplicaNames) -> None:
-    """End the role's sessions and the slot's walsender, then drop the slot and the role."""
+    """Take back its grants, end the role's sessions and the slot's walsender, drop slot and role."""
+    if await session.scalar(text("SELECT true FROM pg_roles WHERE rolname = :name"), {"name": names.role}):
+        await _lock_grants(session)
+        owned = (await session.execute(text(dbroles.OWNED_TABLES))).scalars().all()
+        for statement in dbroles.member_revokes(names.role, owned):
+            await session.execute(text(statement))
     await session.execute(
-        text(
-            "SELECT pg_terminate_backend(pid, :wait) FROM pg_stat_activity WHERE usename = :role "
-            "UNION ALL SELECT pg_terminate_backend(active_pid, :wait) FROM pg_replication_slots "
-            "WHERE slot_name = :slot AND active_pid IS NOT NULL"
-        ),
+        text(f"SELECT {dbroles.ADMIN_SCHEMA}.drop_member(:role, :slot, :wait)"),
         {"role": names.role, "slot": names.slot, "wait": TERMINATE_WAIT_MS},
     )
-    await session.execute(
-        text("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = :slot"),
-        {"slot": names.slot},
-    )
-    await session.execute(text(f"DROP ROLE IF EXISTS {quote_ident(names.role)}"))
 
 
 def _prefix_length(address: str) -> int:

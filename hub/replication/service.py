@@ -18,11 +18,11 @@ from hub.database import session_scope, utcnow
 from hub.exceptions import HubError
 from hub.federation.findings import service as findings_service
 from hub.federation.peers.models import FederationPeer
-from hub.replication import delivery, janitor, metadata, primary
+from hub.replication import delivery, janitor, metadata, primary, redis_acl
 from hub.replication.credentials import Credential, ReplicaNames
-from hub.replication.exceptions import SetupFailed
+from hub.replication.exceptions import CredentialNotReady, SetupFailed
 from hub.replication.primary import PrimaryEndpoint, step
-from hub.runtime import HubRuntime
+from hub.runtime import HubRuntime, queue_name
 from shared_contract.accept import ClusterPgBlock
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class PgReplicaSetupService:
                     await primary.ensure_slot(session, name=names.slot)
                 with step(f"creating role {names.role}"):
                     await primary.ensure_role(session, credential=credential)
+                with step(f"creating Redis user {names.role}"):
+                    await self._ensure_redis_user(credential)
         with step(f"logging in for replication as {names.role}"):
             await primary.check_replication_login(self.endpoint, credential)
         with step("recording the ready state"):
@@ -87,6 +89,16 @@ class PgReplicaSetupService:
         )
         await self.runtime.secrets.put(names.secret_path, credential.to_secret())
         return credential
+
+    async def _ensure_redis_user(self, credential: Credential) -> None:
+        """The member's ACL user on our Redis: the platform queue, its database, this password."""
+        await redis_acl.ensure_user(
+            self.runtime.redis,
+            username=credential.username,
+            password=credential.redis_password,
+            queue=queue_name(),
+            database=redis_acl.database_of(self.runtime.settings.redis_url()),
+        )
 
     def _ready_block(self, names: ReplicaNames, credential: Credential) -> dict[str, Any]:
         return {
@@ -135,6 +147,8 @@ class PgReplicaSetupService:
                     return None
                 credential = await self._new_credential(names)
                 await primary.ensure_role(session, credential=credential)
+                with step(f"setting the Redis user {names.role}'s new password"):
+                    await self._ensure_redis_user(credential)
                 return await metadata.update_block(
                     session,
                     peer_id=peer_id,
@@ -155,6 +169,8 @@ class PgReplicaSetupService:
                 if not await _may_tear_down(session, peer_id=peer_id, expired=expired):
                     return None
                 await primary.drop(session, names=names)
+                with step(f"deleting Redis user {names.role}"):
+                    await redis_acl.delete_user(self.runtime.redis, username=names.role)
                 block = await metadata.update_block(
                     session,
                     peer_id=peer_id,
@@ -200,13 +216,18 @@ async def _may_tear_down(session: AsyncSession, *, peer_id: uuid.UUID, expired: 
 
 
 async def accept_additions(
-    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, key_bound: bool
 ) -> dict[str, Any]:
-    """The accept response's cluster_member part: our Redis, and the credential if it can go now."""
+    """The accept response's cluster_member part: the credential (with the member's own Redis URL)
+    if it can go now, else the block without secrets. Our own Redis URL is never in it.
+
+    Only a key-bound accept (a CSR, so the answer is tied to the key that will fetch later) carries
+    secrets: whoever replays a bare token gets neither password.
+    """
     additions: dict[str, Any] = {}
-    if url := delivery.redis_url(runtime.settings):
-        additions["redis_url"] = url
     try:
+        if not key_bound:
+            raise CredentialNotReady("a token-only accept carries no credential", code="KEY_NOT_BOUND")
         delivered = await delivery.deliver(session, runtime=runtime, peer=peer, via=delivery.VIA_ACCEPT)
         additions["cluster_pg"] = delivered.model_dump()
     except HubError as e:
@@ -214,5 +235,5 @@ async def accept_additions(
         log.info("accept of %s carries no replication credential (%s)", peer.id, e.code)
         block = (peer.metadata_ or {}).get("cluster_pg") or {}
         if block.get("state") == "ready":
-            additions["cluster_pg"] = ClusterPgBlock.model_validate(block).model_dump(exclude={"password"})
+            additions["cluster_pg"] = ClusterPgBlock.model_validate(block).without_password().model_dump()
     return additions

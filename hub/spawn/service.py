@@ -114,6 +114,8 @@ async def spawn(
     settings = runtime.settings
     target = request.spawn_target
     endpoints.check_parent_url(settings, runtime.extras, request.parent_url)
+    if request.spawn_mode == "cluster_member":
+        runtime.primary_queue()  # its setup is primary work: refused here before anything is made
     template = await templates_service.get_or_raise(session, template_id=target.template_id)
     await templates_service.check_fits(session, template, spawn_mode=request.spawn_mode)
     peer_id = uuid.uuid4()
@@ -181,7 +183,7 @@ async def spawn(
 async def enqueue_replica_setup(runtime: HubRuntime, *, peer_id: uuid.UUID) -> None:
     from hub.replication import jobs as replication_jobs
 
-    await replication_jobs.enqueue_setup(runtime.redis, peer_id=peer_id)
+    await replication_jobs.enqueue_setup(runtime.primary_queue(), peer_id=peer_id)
 
 
 async def _provision(

@@ -28,14 +28,20 @@ def run_agent(*args: str | Path, timeout: float = 60) -> subprocess.CompletedPro
     """The agent as an operator runs it: a separate process, stdin not a terminal."""
     return subprocess.run(
         [sys.executable, "-m", "child_agent", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
 def start_agent(*args: str | Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "child_agent", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
 
 
@@ -107,8 +113,9 @@ class ThrowawayCA:
         cert_path, key_path = directory / "server.crt", directory / "server.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         return cert_path, key_path
 

@@ -52,7 +52,9 @@ def test_a_parent_signed_by_another_ca_never_receives_the_token(
     done = run_agent("first-run", "--fw-cfg-root", root, "--state-dir", tmp_path / "state", "--max-wait", "5")
     assert done.returncode == 3
     assert_one_error_line(
-        done, "refused to send the acceptance token", "does not verify against the CA in the payload",
+        done,
+        "refused to send the acceptance token",
+        "does not verify against the CA in the payload",
         "unable to get local issuer certificate",
     )
     assert endpoint.requests == []

@@ -22,9 +22,13 @@ def _accepted(ca: ThrowawayCA, public_key: ec.EllipticCurvePublicKey) -> AcceptR
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"fed:{PEER_ID}")])
     cert = certificate_builder(name, ca.cert.subject, public_key).sign(ca.key, hashes.SHA256())
     return AcceptResponseData(
-        peer_id=PEER_ID, status="accepted", contract_version_agreed=1,
-        accepted_at="2030-01-01T00:00:00+00:00", handshake_at="2030-01-01T00:00:00+00:00",
-        client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(), ca_chain_pem=ca.pem,
+        peer_id=PEER_ID,
+        status="accepted",
+        contract_version_agreed=1,
+        accepted_at="2030-01-01T00:00:00+00:00",
+        handshake_at="2030-01-01T00:00:00+00:00",
+        client_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        ca_chain_pem=ca.pem,
     )
 
 

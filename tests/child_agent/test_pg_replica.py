@@ -53,8 +53,12 @@ def credential(primary: PostgresServer) -> ReplicationCredential:
     primary.psql(f"CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}'")
     primary.psql(f"SELECT pg_create_physical_replication_slot('{SLOT}', true)")
     return ReplicationCredential(
-        slot_name=SLOT, primary_host="127.0.0.1", primary_port=primary.port, username=ROLE,
-        password=password, credential_id="test-credential",
+        slot_name=SLOT,
+        primary_host="127.0.0.1",
+        primary_port=primary.port,
+        username=ROLE,
+        password=password,
+        credential_id="test-credential",
     )
 
 
@@ -100,8 +104,25 @@ def _stop(data_dir: Path) -> None:
 def _sql(primary: PostgresServer, port: int, sql: str) -> str:
     """SQL over TCP as the primary's superuser: the standby has the same roles."""
     return run(
-        [pg_bin_dir() / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-         "-p", str(port), "-U", primary.superuser, "-d", "postgres", "-c", sql],
+        [
+            pg_bin_dir() / "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            primary.superuser,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ],
         env={"PGPASSWORD": primary.password},
     ).strip()
 
@@ -252,7 +273,6 @@ def test_promote_needs_a_cluster_member_result(tmp_path: Path) -> None:
     assert_one_error_line(done, "no first-run result")
 
 
-
 def test_the_base_backup_waits_for_a_primary_that_is_not_reachable_yet(
     module_dir: Path, primary: PostgresServer, credential: ReplicationCredential
 ) -> None:
@@ -262,7 +282,10 @@ def test_the_base_backup_waits_for_a_primary_that_is_not_reachable_yet(
     relay_port = free_port()
     late = credential.model_copy(update={"slot_name": slot, "primary_port": relay_port})
     node = pg_replica.Standby(
-        module_dir / "late" / "data", port=free_port(), pg_bin=pg_bin_dir(), owner=server_user(),
+        module_dir / "late" / "data",
+        port=free_port(),
+        pg_bin=pg_bin_dir(),
+        owner=server_user(),
         login_role=ROLE,
     )
     outcome: list[object] = []

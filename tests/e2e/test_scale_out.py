@@ -19,12 +19,13 @@ import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from hub.config import primary_db
 from hub.database import create_engine, create_sessionmaker, session_scope
 from hub.embedded.process import free_port, wait_until
 from hub.localhub import hub_command, hub_env
@@ -237,9 +238,12 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
 
     # Every cron job ran at most once per period: no period twice (across both workers).
     events = [event for worker in workers for event in worker.events()]
-    redis = aioredis.Redis.from_url(redis_url)
+    # The findings sweep runs on the platform queue; the janitor on the primary duties' database.
+    primary = urlunsplit(urlsplit(redis_url)._replace(path=f"/{primary_db(redis_url)}"))
+    queues = {CRONS[0]: aioredis.Redis.from_url(redis_url), CRONS[1]: aioredis.Redis.from_url(primary)}
     try:
         for name in CRONS:
+            redis = queues[name]
             runs = [e["job_id"] for e in events if e.get("function") == name and e.get("outcome") == "ok"]
             # One id per period (name:<period start in ms>) is what lets workers agree on who runs it.
             assert all(re.fullmatch(rf"{name}:\d+", job_id) for job_id in runs), runs
@@ -251,7 +255,8 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
             marks = {key.decode() async for key in redis.scan_iter(f"arq:in-progress:{name}:*")}
             assert {f"arq:in-progress:{job_id}" for job_id in runs} <= marks
     finally:
-        await redis.aclose()
+        for redis in queues.values():
+            await redis.aclose()
     assert (
         sum(_metric(m, "powernode_jobs_total", function=CRONS[0], outcome="ok") for m in worker_metrics) >= 1
     )

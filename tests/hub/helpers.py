@@ -51,8 +51,9 @@ def spawn_body(mode: str = "managed_child", **target: Any) -> dict[str, Any]:
     }
 
 
-async def spawn(client: httpx.AsyncClient, headers: dict[str, str], mode: str = "managed_child",
-                **target: Any) -> dict[str, Any]:
+async def spawn(
+    client: httpx.AsyncClient, headers: dict[str, str], mode: str = "managed_child", **target: Any
+) -> dict[str, Any]:
     response = await client.post(SPAWN, json=spawn_body(mode, **target), headers=headers)
     assert response.status_code == 201, response.text
     return response.json()["data"]

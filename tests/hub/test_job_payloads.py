@@ -41,7 +41,8 @@ async def test_a_pickled_job_written_into_redis_is_refused_and_runs_nothing(
 ) -> None:
     marker = tmp_path / f"pwned-{'primary' if primary else 'platform'}"
     queue = PRIMARY_QUEUE if primary else queue_name()
-    redis = runtime.redis
+    redis = runtime.primary_redis if primary else runtime.redis
+    assert redis is not None
     job_id = f"attack-{queue}"
     # What an attacker holding the queue's Redis credentials would write: arq's own layout.
     await redis.set(f"arq:job:{job_id}", _malicious_job(marker))

@@ -397,7 +397,11 @@ async def accept(
     if peer.spawn_mode == "cluster_member":
         from hub.replication import service as replication_service
 
-        response.update(await replication_service.accept_additions(session, runtime=runtime, peer=peer))
+        response.update(
+            await replication_service.accept_additions(
+                session, runtime=runtime, peer=peer, key_bound=csr is not None
+            )
+        )
     await session.execute(
         _SIGNED_AND_AUDITED,
         {

@@ -116,7 +116,9 @@ async def enroll(
     runtime: RuntimeDep,
 ) -> dict:
     """The child finished its first run: accepted → enrolled (later: where it is reached now)."""
-    result = await peering_service.enroll(session, peer=caller, request=request, redis=runtime.redis)
+    result = await peering_service.enroll(
+        session, peer=caller, request=request, redis=runtime.primary_queue()
+    )
     return envelope(result.to_wire())
 
 

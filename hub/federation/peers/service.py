@@ -351,9 +351,9 @@ async def revoke_peer(
     await grants_service.forget_bearers(session, secrets=runtime.secrets, peer_id=peer.id)
     await session.commit()
     if notify:
-        await peers_jobs.enqueue_revoke_notice(runtime.redis, peer_id=peer.id)
+        await peers_jobs.enqueue_revoke_notice(runtime.primary_queue(), peer_id=peer.id)
     if peer.spawn_role == "parent" and peer.spawn_mode == "cluster_member":
         from hub.replication import jobs as replication_jobs
 
-        await replication_jobs.enqueue_teardown(runtime.redis, peer_id=peer.id)
+        await replication_jobs.enqueue_teardown(runtime.primary_queue(), peer_id=peer.id)
     return peer

@@ -132,7 +132,7 @@ async def _push_to_children(session: AsyncSession, runtime: HubRuntime, *touched
         return
     from hub.federation.policies import jobs as policies_jobs  # jobs → cascade → this module
 
-    await policies_jobs.enqueue_cascade(runtime.redis, peer_ids=await managed_children(session))
+    await policies_jobs.enqueue_cascade(runtime.primary_queue(), peer_ids=await managed_children(session))
 
 
 async def create(

@@ -55,14 +55,16 @@ async def test_embedded_default_comes_up(embedded):
 
     connection = await asyncpg.connect(embedded.database_url)
     try:
-        user, database = await connection.fetchrow("SELECT current_user, current_database()")
+        user, database, superuser = await connection.fetchrow(
+            "SELECT current_user, current_database(), rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
     finally:
         await connection.close()
     client = aioredis.Redis.from_url(embedded.redis_url)
     pong = await client.ping()
     await client.aclose()
 
-    assert (user, database) == ("powernode", "powernode")
+    assert (user, database, superuser) == ("powernode_hub", "powernode", False)
     assert pong is True
 
 

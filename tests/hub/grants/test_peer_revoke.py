@@ -15,7 +15,7 @@ PEERS = "/api/v1/system/federation/peers"
 
 
 async def notices(runtime):
-    jobs = await runtime.redis.queued_jobs(queue_name=PRIMARY_QUEUE)
+    jobs = await runtime.primary_queue().queued_jobs(queue_name=PRIMARY_QUEUE)
     return [j.kwargs["peer_id"] for j in jobs if j.function == REVOKE_NOTICE_JOB]
 
 

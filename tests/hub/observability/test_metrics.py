@@ -111,9 +111,9 @@ async def test_heartbeat_lag_open_findings_and_job_runs(client, runtime, setting
     assert value(samples, "powernode_job_duration_seconds_count", function="federation_findings_sweep") >= 1
 
 
-async def test_our_replication_slots_are_reported_with_their_retained_wal(client, runtime, database_url):
+async def test_our_replication_slots_are_reported_with_their_retained_wal(client, runtime, superuser_url):
     slot = "powernode_repl_" + "ab" * 16
-    connection = await asyncpg.connect(database_url)
+    connection = await asyncpg.connect(superuser_url)
     try:
         await connection.execute("SELECT pg_create_physical_replication_slot($1, true)", slot)
         await connection.execute("SELECT pg_create_physical_replication_slot('someone_elses', true)")

@@ -64,7 +64,7 @@ async def test_cascade_selection_per_mode(client, runtime, mode, emancipated, ex
 
 
 async def queued_peers(runtime):
-    jobs = await runtime.redis.queued_jobs(queue_name=PRIMARY_QUEUE)
+    jobs = await runtime.primary_queue().queued_jobs(queue_name=PRIMARY_QUEUE)
     return sorted(j.kwargs["peer_id"] for j in jobs if j.function == CASCADE_JOB)
 
 

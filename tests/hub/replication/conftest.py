@@ -59,7 +59,7 @@ class Child:
 
 @pytest.fixture
 async def spawn(
-    client: httpx.AsyncClient, operator: dict[str, str], database_url: str
+    client: httpx.AsyncClient, operator: dict[str, str], superuser_url: str
 ) -> AsyncIterator[Callable[..., Awaitable[Child]]]:
     """`await spawn()` a manually attached child (cluster_member unless told); its replica is
     dropped from the shared server when the test ends."""
@@ -83,7 +83,7 @@ async def spawn(
         return child
 
     yield create
-    primary = await asyncpg.connect(database_url)
+    primary = await asyncpg.connect(superuser_url)
     try:
         for child in spawned:
             await drop_replica(primary, child.names)
@@ -101,13 +101,15 @@ async def drop_replica(primary: asyncpg.Connection, names: ReplicaNames) -> None
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
         names.slot,
     )
-    await primary.execute(f'DROP ROLE IF EXISTS "{names.role}"')
+    if await roles_named(primary, names.role):
+        await primary.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{names.role}"')
+        await primary.execute(f'DROP ROLE IF EXISTS "{names.role}"')
 
 
 @pytest.fixture
-async def primary(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def primary(superuser_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A superuser connection to the hub's own database on the primary, to look at what was made."""
-    connection = await asyncpg.connect(database_url)
+    connection = await asyncpg.connect(superuser_url)
     yield connection
     await connection.close()
 

@@ -33,11 +33,12 @@ async def test_accept_carries_the_password_once_and_the_route_then_refuses(
     child = await spawn()
     await run_jobs()
 
-    data = await accept(client, child)
+    data = await accept(client, child, csr_pem=csr_pem())
     fetched = await client.get(CREDENTIAL, headers=child.peer_headers)
 
     secret = read_secret(vault, child.names)
     block = await cluster_pg(primary, child)
+    redis_url = data["cluster_pg"].pop("redis_url")
     assert data["cluster_pg"] == {
         **{k: block[k] for k in ("state", "slot_name", "primary_host", "primary_port", "credential_id")},
         "username": child.names.role,
@@ -46,7 +47,15 @@ async def test_accept_carries_the_password_once_and_the_route_then_refuses(
         "prepared_at": block["prepared_at"],
         "expires_at": secret["expires_at"],
     }
-    assert data["redis_url"] == settings.redis_url()
+    # The member's own Redis user, never our URL and password.
+    member_redis, ours = urlsplit(redis_url), urlsplit(settings.redis_url())
+    assert (member_redis.username, member_redis.password) == (child.names.role, secret["redis_password"])
+    assert (member_redis.hostname, member_redis.port, member_redis.path) == (
+        ours.hostname,
+        ours.port,
+        ours.path,
+    )
+    assert "redis_url" not in data
     assert block["delivered_via"] == "accept" and block["delivered_at"]
     assert fetched.status_code == 409
     assert fetched.json()["code"] == "ALREADY_DELIVERED"
@@ -76,7 +85,7 @@ async def test_accepted_before_ready_the_route_says_not_ready_then_delivers_once
     delivered = await client.get(CREDENTIAL, headers=child.peer_headers)
     second = await client.get(CREDENTIAL, headers=child.peer_headers)
 
-    assert "cluster_pg" not in data and data["redis_url"]
+    assert "cluster_pg" not in data and "redis_url" not in data
     assert (early.status_code, early.json()["code"]) == (425, "NOT_READY")
     assert delivered.status_code == 200, delivered.text
     secret = read_secret(vault, child.names)
@@ -89,7 +98,9 @@ async def test_accepted_before_ready_the_route_says_not_ready_then_delivers_once
         "credential_id": str(child.id),
         "expires_at": secret["expires_at"],
         "database": urlsplit(settings.database_url()).path.lstrip("/"),
+        "redis_url": delivered.json()["data"]["redis_url"],
     }
+    assert urlsplit(delivered.json()["data"]["redis_url"]).password == secret["redis_password"]
     assert (second.status_code, second.json()["code"]) == (409, "ALREADY_DELIVERED")
 
 
@@ -108,7 +119,7 @@ async def test_reissue_rotates_the_password_and_allows_one_more_fetch(
 ):
     child = await spawn()
     await run_jobs()
-    old = (await accept(client, child))["cluster_pg"]
+    old = (await accept(client, child, csr_pem=csr_pem()))["cluster_pg"]
 
     reissued = await client.post(f"{CHILDREN}/{child.id}/replication/reissue", headers=operator)
     fetched = await client.get(CREDENTIAL, headers=child.peer_headers)
@@ -120,6 +131,7 @@ async def test_reissue_rotates_the_password_and_allows_one_more_fetch(
     secret = read_secret(vault, child.names)
     assert fetched.status_code == 200
     assert fetched.json()["data"]["password"] == secret["password"] != old["password"]
+    assert fetched.json()["data"]["redis_url"] != old["redis_url"]
     assert again.status_code == 409
     role = child.names.role
     valid_until = await primary.fetchval("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", role)
@@ -159,3 +171,17 @@ async def test_once_the_member_enrolled_a_retried_accept_carries_no_password(spa
     assert first["cluster_pg"]["password"] == password
     assert again["cluster_pg"].get("password") is None and password not in str(again)
     assert again["client_cert_pem"] == first["client_cert_pem"]
+
+
+async def test_a_token_only_accept_carries_no_secret(spawn, run_jobs, client, vault):
+    child = await spawn()
+    await run_jobs()
+
+    data = await accept(client, child)  # no CSR: whoever holds the token, not a key
+    fetched = await client.get(CREDENTIAL, headers=child.peer_headers)
+
+    secret = read_secret(vault, child.names)
+    assert data["cluster_pg"]["state"] == "ready"
+    assert data["cluster_pg"].get("password") is None and data["cluster_pg"].get("redis_url") is None
+    assert "redis_url" not in data and secret["password"] not in str(data)
+    assert fetched.status_code == 200  # the child's key fetches it, once

@@ -4,6 +4,7 @@ import logging
 
 import redis.asyncio as aioredis
 
+from tests.hub.helpers import make_csr
 from tests.hub.replication.conftest import CHILDREN, FEDERATION_API
 
 
@@ -40,7 +41,8 @@ async def test_no_password_in_logs_tables_or_job_results(
     child = await spawn()
     await run_jobs()
     accepted = await client.post(
-        f"{FEDERATION_API}/accept", json={"acceptance_token": child.token, "contract_version": 1}
+        f"{FEDERATION_API}/accept",
+        json={"acceptance_token": child.token, "contract_version": 1, "csr_pem": make_csr()[1]},
     )
     await client.post(f"{CHILDREN}/{child.id}/replication/reissue", headers=operator)
     fetched = await client.get(f"{FEDERATION_API}/replication_credential", headers=child.peer_headers)
@@ -49,7 +51,7 @@ async def test_no_password_in_logs_tables_or_job_results(
 
     passwords = [accepted.json()["data"]["cluster_pg"]["password"], fetched.json()["data"]["password"]]
     assert len(set(passwords)) == 2
-    assert "pg_create_physical_replication_slot" in caplog.text  # the statement log was on
+    assert "create_member_slot" in caplog.text  # the statement log was on
     logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
     assert "PASSWORD" not in logged  # not even the SCRAM verifier the role statement carries
     tables = await every_row_as_text(primary)

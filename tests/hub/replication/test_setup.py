@@ -11,6 +11,7 @@ import pytest
 from arq import Retry
 
 from hub.config import ReplicationSettings
+from hub.dbroles import scram_verifier
 from hub.replication import jobs
 from hub.replication.credentials import Credential
 from tests.hub.replication.conftest import (
@@ -158,7 +159,12 @@ async def test_a_role_left_with_another_password_is_set_to_the_stored_one(
     spawn, runtime, primary, vault, database_url
 ):
     child = await spawn()
-    await primary.execute(f"CREATE ROLE \"{child.names.role}\" LOGIN REPLICATION PASSWORD 'stale-password'")
+    # As an earlier run left it: made through the replication admin's function, another password.
+    await primary.execute(
+        "SELECT powernode_admin.ensure_member_role($1, $2, now() + interval '1 day')",
+        child.names.role,
+        scram_verifier("stale-password"),
+    )
 
     await run_setup(runtime, child)
 

@@ -6,9 +6,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from hub import migrate
+from hub import dbroles, migrate
 from hub.config import DatabaseSettings, Settings
 from hub.embedded.postgres import PostgresServer
+from hub.embedded.services import bootstrap_database
 from hub.federation.peers.models import FederationPeer
 from hub.runtime import HubRuntime
 from tests.hub.replication.conftest import Child, cluster_pg, run_setup
@@ -61,9 +62,10 @@ async def primary_without_replication_hba(scratch_dir, settings) -> AsyncIterato
     server.start()
     runtime = None
     try:
-        server.create_database("hub")
-        await migrate.upgrade(server.url("hub"))
-        runtime = await _open(settings, server.url("hub"))
+        bootstrap_database(server, "hub")
+        url = server.url("hub", user=dbroles.OWNER, password=server.owner_credentials(dbroles.OWNER)[1])
+        await migrate.upgrade(url)
+        runtime = await _open(settings, url)
         yield runtime
     finally:
         if runtime is not None:

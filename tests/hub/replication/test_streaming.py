@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from hub.embedded.postgres import PostgresServer, make_standby
+from tests.hub.helpers import make_csr
 from tests.hub.replication.conftest import CHILDREN, FEDERATION_API, roles_named, slots_named
 
 
@@ -16,7 +17,8 @@ async def test_a_standby_streams_through_the_slot_and_revoke_cuts_it_off(
     child = await spawn()
     await run_jobs()
     accepted = await client.post(
-        f"{FEDERATION_API}/accept", json={"acceptance_token": child.token, "contract_version": 1}
+        f"{FEDERATION_API}/accept",
+        json={"acceptance_token": child.token, "contract_version": 1, "csr_pem": make_csr()[1]},
     )
     block = accepted.json()["data"]["cluster_pg"]
     assert (block["primary_host"], block["primary_port"]) == ("127.0.0.1", pg_server.port)

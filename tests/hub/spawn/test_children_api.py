@@ -14,8 +14,10 @@ from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
 async def test_list_filters_and_paginates_newest_first(client, runtime):
     headers = await operator_headers(runtime)
-    made = [await spawn(client, headers, mode) for mode in
-            ("managed_child", "autonomous_peer", "managed_child", "cluster_member", "managed_child")]
+    made = [
+        await spawn(client, headers, mode)
+        for mode in ("managed_child", "autonomous_peer", "managed_child", "cluster_member", "managed_child")
+    ]
     accepted = made[0]["child"]["id"]
     await client.post(ACCEPT, json={"acceptance_token": made[0]["acceptance_token"], "contract_version": 1})
 
@@ -37,8 +39,16 @@ async def test_list_filters_and_paginates_newest_first(client, runtime):
     by_status = (await client.get(CHILDREN, params={"status": "accepted,active"}, headers=headers)).json()
     assert [c["id"] for c in by_status["data"]["children"]] == [accepted]
     summary = by_status["data"]["children"][0]
-    for key in ("id", "remote_instance_url", "spawn_mode", "status", "created_at", "last_heartbeat_at",
-                "acceptance_pending", "acceptance_expires_at"):
+    for key in (
+        "id",
+        "remote_instance_url",
+        "spawn_mode",
+        "status",
+        "created_at",
+        "last_heartbeat_at",
+        "acceptance_pending",
+        "acceptance_expires_at",
+    ):
         assert key in summary
     assert summary["acceptance_pending"] is False
 
