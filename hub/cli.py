@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the hub's owner role and database on an external PostgreSQL (as a superuser)",
         description="With a superuser's URL in POWERNODE_BOOTSTRAP_SUPERUSER_URL: create the role "
         "and password named in DATABASE_URL (no superuser, no CREATEROLE), its database, and the "
-        "narrow replication admin role and functions cluster_member needs. Run once, before migrate.",
+        "narrow replication admin role and functions cluster_member needs. Run once, before migrate "
+        "(`migrate` does it first itself when POWERNODE_BOOTSTRAP_SUPERUSER_URL is set).",
     )
     bootstrap_cmd.set_defaults(handler=_bootstrap_database)
 
@@ -242,6 +243,8 @@ def _bootstrap_database(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> None:
+    if not settings.embedded and os.environ.get("POWERNODE_BOOTSTRAP_SUPERUSER_URL"):
+        _bootstrap_database(args, settings)
     if not settings.embedded:
         asyncio.run(migrate.upgrade(settings.database_url(), args.revision))
         print(f"Migrated DATABASE_URL to {args.revision}")

@@ -215,9 +215,17 @@ def test_hub_environment_is_valid_production_settings(compose, hub_settings):
     assert hub_settings.environment == "production"
     assert hub_settings.vault.addr == "http://openbao:8200"
     assert hub_settings.replication.primary_host == "192.0.2.10"
-    assert hub_settings.redis.advertised_url.endswith("@192.0.2.10:6379/0")
+    # Members get their own Redis user: the advertised URL carries no password.
+    assert hub_settings.redis.advertised_url == "redis://192.0.2.10:6379/0"
+    assert hub_settings.database_url().startswith("postgresql://powernode_hub:")
+    migrate_only = {"POWERNODE_BOOTSTRAP_SUPERUSER_URL"}
     for name in HUB_SERVICES:
-        assert hub_environment(compose, name) == hub_environment(compose)
+        environment = hub_environment(compose, name)
+        extra = migrate_only if name == "hub-migrate" else set()
+        assert set(environment) == set(hub_environment(compose)) | extra
+        assert {k: v for k, v in environment.items() if k not in extra} == hub_environment(compose)
+    superuser = hub_environment(compose, "hub-migrate")["POWERNODE_BOOTSTRAP_SUPERUSER_URL"]
+    assert superuser.startswith("postgresql://powernode:") and superuser.endswith("@postgres:5432/postgres")
 
 
 def test_the_hub_trusts_client_cert_headers_from_traefiks_fixed_address_only(compose, hub_settings):

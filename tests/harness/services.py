@@ -26,7 +26,8 @@ def _with_path(url: str, path: str) -> str:
 
 @dataclass(frozen=True)
 class ExternalPostgres:
-    """A server from `DATABASE_URL`; its role must be allowed to CREATE DATABASE."""
+    """A server from `DATABASE_URL`; its role must be a superuser: like the hub's bootstrap, the
+    harness makes the owner role and the replication admin with it (tests/harness/databases.py)."""
 
     base_url: str
 
