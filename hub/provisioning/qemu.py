@@ -271,12 +271,12 @@ def parent_forwards(settings: Settings | None, payload: SpawnPayload) -> list[in
     """The parent's loopback ports the guest needs: federation, and for cluster_member PostgreSQL + Redis."""
     ports = [_loopback_port(payload.parent_url, 443)]
     if payload.spawn_mode == "cluster_member" and settings is not None:
-        from hub.replication.delivery import redis_url
         from hub.replication.primary import PrimaryEndpoint
+        from hub.replication.redis_acl import advertised_url
 
         primary = PrimaryEndpoint.of(settings)
         ports.append(primary.advertised_port if primary.advertised_host in LOOPBACK_HOSTS else None)
-        ports.append(_loopback_port(redis_url(settings), 6379))
+        ports.append(_loopback_port(advertised_url(settings), 6379))
     return list(dict.fromkeys(p for p in ports if p is not None))
 
 

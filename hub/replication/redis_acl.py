@@ -97,11 +97,17 @@ async def _save(client: Redis) -> None:
         log.debug("ACL SAVE not possible on this Redis: %s", e)
 
 
+def advertised_url(settings: Settings) -> str | None:
+    """Where members reach our Redis: `REDIS_ADVERTISED_URL`, else our own URL (its host and port
+    are what count; the credentials in it are never passed on)."""
+    if settings.redis.advertised_url:
+        return settings.redis.advertised_url
+    return settings.redis.url.get_secret_value() if settings.redis.url else None
+
+
 def member_url(settings: Settings, *, username: str, password: str) -> str | None:
     """The URL a member's hub uses: our (advertised) Redis, platform database, the member's user."""
-    base = settings.redis.advertised_url or (
-        settings.redis.url.get_secret_value() if settings.redis.url else None
-    )
+    base = advertised_url(settings)
     if base is None:
         return None
     parts = urlsplit(base)
