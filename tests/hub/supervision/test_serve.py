@@ -29,6 +29,9 @@ def start_serve(hub_dir):
         assert url == f"Powernode hub: http://127.0.0.1:{serve.port}"
         assert federation == f"Federation (mTLS): https://127.0.0.1:{serve.federation_port}"
         assert token == f"Operator token: {hub_dir / 'operator-token'}"
+        guidance = serve.read_line()  # which URL is for whom, for someone who just started a hub
+        assert f"Operators and the CLI use http://127.0.0.1:{serve.port}" in guidance
+        assert f"enroll and heartbeat at https://127.0.0.1:{serve.federation_port}" in guidance
         return serve
 
     yield start
