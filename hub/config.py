@@ -82,6 +82,8 @@ class FederationSettings(BaseSettings):
     accept_retry_window_seconds: int = Field(default=900, ge=1, le=86400)
     # The whole of one call to a peer's federation API, however slowly it answers.
     call_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    # A peer, node or member setup that has not moved on for this long gets a finding.
+    stuck_seconds: float = Field(default=600.0, gt=0)
 
 
 class ReplicationSettings(BaseSettings):
@@ -93,6 +95,17 @@ class ReplicationSettings(BaseSettings):
     password_ttl_days: int = Field(default=30, ge=1, le=3650)
     slot_inactive_seconds: float = Field(default=3600.0, gt=0)
     slot_max_retained_bytes: int = Field(default=1 << 30, gt=0)
+
+
+class OutboxSettings(BaseSettings):
+    """The transactional outbox's relay (`POWERNODE_OUTBOX_*`): jobs that follow a commit."""
+
+    model_config = _group("POWERNODE_OUTBOX_")
+    poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # A dispatched job not finished by then (its worker died) is dispatched again.
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_backoff_seconds: float = Field(default=300.0, gt=0)
+    failing_after_attempts: int = Field(default=3, ge=1)
 
 
 class Settings(BaseSettings):
@@ -121,6 +134,7 @@ class Settings(BaseSettings):
     vault: VaultSettings = Field(default_factory=VaultSettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
     replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
     @field_validator("data_dir")
     @classmethod

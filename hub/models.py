@@ -7,6 +7,7 @@ from hub.federation.grants.models import FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.federation.policies.models import InterventionPolicy
 from hub.operators.models import OperatorToken
+from hub.outbox.models import OutboxEntry
 from hub.provisioning.models import NodeInstance, NodeTemplate
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "NodeInstance",
     "NodeTemplate",
     "OperatorToken",
+    "OutboxEntry",
 ]

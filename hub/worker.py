@@ -12,14 +12,18 @@ from arq.cron import CronJob
 
 from hub.config import Settings, get_settings
 from hub.federation import bootstrap
+from hub.federation.accept import service as accept_service
 from hub.federation.findings.jobs import federation_findings_sweep
 from hub.federation.grants import jobs as grants_jobs
+from hub.federation.grants import service as grants_service
 from hub.federation.peers import jobs as peers_jobs
 from hub.federation.policies import jobs as policies_jobs
 from hub.jobcodec import ARQ_CODEC
 from hub.observability.jobs import instrumented
+from hub.outbox.jobs import outboxed, relay_loop
 from hub.replication import jobs as replication_jobs
 from hub.runtime import PRIMARY_QUEUE, HubRuntime, arq_redis_settings, queue_name
+from hub.spawn import jobs as spawn_jobs
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +58,17 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["owns_runtime"] = True
     if ctx.get("heartbeats", True):
         ctx["heartbeat_task"] = asyncio.create_task(heartbeat_loop(runtime))
+    if ctx.get("relay", False):
+        ctx["relay_task"] = asyncio.create_task(relay_loop(runtime))
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    task: asyncio.Task[None] | None = ctx.pop("heartbeat_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("heartbeat_task", "relay_task"):
+        task: asyncio.Task[None] | None = ctx.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     runtime: HubRuntime | None = ctx.get("runtime")
     if runtime is not None and ctx.get("owns_runtime"):
         await runtime.close()
@@ -73,25 +80,22 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 FUNCTIONS: list[Any] = []
 
 
-def _job(function: Any, name: str, max_tries: int) -> Any:
-    return func(function, name=name, max_tries=max_tries)
+def _job(function: Any, name: str) -> Any:
+    """A job of the transactional outbox: the outbox, not arq, tries it again (see hub.outbox)."""
+    return func(outboxed(function), name=name, max_tries=1)
 
 
 PRIMARY_FUNCTIONS: list[Any] = [
-    _job(
-        replication_jobs.cluster_member_pg_replica_setup,
-        replication_jobs.SETUP_JOB,
-        replication_jobs.MAX_TRIES,
-    ),
-    _job(
-        replication_jobs.cluster_member_pg_replica_teardown,
-        replication_jobs.TEARDOWN_JOB,
-        replication_jobs.MAX_TRIES,
-    ),
-    # Grants, policy pushes and revoke notices use this platform's federation CA and secret store,
-    # which a cluster_member node (its own CA, its own local store) does not hold.
-    _job(policies_jobs.intervention_policy_cascade, policies_jobs.CASCADE_JOB, policies_jobs.MAX_TRIES),
-    _job(peers_jobs.federation_peer_revoke_notice, peers_jobs.REVOKE_NOTICE_JOB, peers_jobs.MAX_TRIES),
+    _job(replication_jobs.cluster_member_pg_replica_setup, replication_jobs.SETUP_JOB),
+    _job(replication_jobs.cluster_member_pg_replica_teardown, replication_jobs.TEARDOWN_JOB),
+    # Provisioning, grants, policy pushes and revoke notices use this platform's data dir,
+    # federation CA and secret store, which a cluster_member node (its own CA, its own local
+    # store) does not hold.
+    _job(spawn_jobs.spawn_node_provision, spawn_jobs.PROVISION_JOB),
+    _job(policies_jobs.intervention_policy_cascade, policies_jobs.CASCADE_JOB),
+    _job(peers_jobs.federation_peer_revoke_notice, peers_jobs.REVOKE_NOTICE_JOB),
+    _job(grants_jobs.federation_grant_revoke_notice, grants_service.REVOKE_NOTICE_JOB),
+    _job(grants_jobs.federation_grant_forget_unclaimed_bearer, accept_service.FORGET_UNCLAIMED_JOB),
 ]
 
 
@@ -147,7 +151,12 @@ def worker_settings(
             settings.primary_redis_url() if primary else settings.redis_url()
         ),
         "queue_name": PRIMARY_QUEUE if primary else queue_name(),
-        "ctx": {"settings": settings, "heartbeats": heartbeats and not primary, "runtime": runtime},
+        "ctx": {
+            "settings": settings,
+            "heartbeats": heartbeats and not primary,
+            "relay": primary,
+            "runtime": runtime,
+        },
         "handle_signals": False,
         **ARQ_CODEC,
     }

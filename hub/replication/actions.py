@@ -12,6 +12,7 @@ from hub.audit import service as audit_service
 from hub.exceptions import Conflict, HubError, ServiceUnavailable, Unprocessable
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.models import FederationPeer
+from hub.outbox import service as outbox_service
 from hub.replication import janitor
 from hub.replication import jobs as replication_jobs
 from hub.replication.exceptions import NotClusterMember, SetupFailed
@@ -50,7 +51,8 @@ async def retry_setup(
             f"The acceptance token of child {peer.id} expired unaccepted; rotate it, then retry",
             code="TOKEN_EXPIRED",
         )
-    job_id = await replication_jobs.enqueue_setup(runtime.primary_queue(), peer_id=peer.id, retry=True)
+    entry = await replication_jobs.request_setup(session, peer_id=peer.id)
+    job_id = f"outbox:{entry}"
     await audit_service.record(
         session,
         actor=actor,
@@ -59,6 +61,7 @@ async def retry_setup(
         details={"job_id": job_id},
     )
     await session.commit()
+    await outbox_service.dispatch_now(runtime, [entry])
     return ReplicationView(child_id=str(peer.id), cluster_pg=peer.metadata_.get("cluster_pg"), job_id=job_id)
 
 

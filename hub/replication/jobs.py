@@ -1,8 +1,10 @@
 """arq jobs for cluster_member replication: set-up at spawn and on retry, tear-down, the slot janitor.
 
 Jobs take ids and load rows again; every one of them is safe to run twice or at the same time.
-Transient failures (the secret store or the database unreachable) are retried with a growing delay;
-the setup records `state: error` and a finding at once, so an operator sees why it is waiting.
+They are requested through the transactional outbox (hub.outbox), in the transaction of the change
+they follow. Transient failures (the secret store or the database unreachable) are retried with a
+growing delay; the setup records `state: error` and a finding at once, so an operator sees why it
+is waiting.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import uuid
 from typing import Any
 
 from arq import Retry
-from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.database import session_scope
-from hub.replication import janitor
+from hub.outbox import service as outbox_service
+from hub.replication import janitor, stalls
 from hub.replication.exceptions import SetupFailed
 from hub.replication.service import PgReplicaSetupService
-from hub.runtime import PRIMARY_QUEUE, HubRuntime
+from hub.runtime import HubRuntime
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +36,20 @@ def retry_delay(job_try: int) -> float:
     return min(300.0, 5.0 * 2 ** (job_try - 1))
 
 
-async def enqueue_setup(redis: ArqRedis, *, peer_id: uuid.UUID, retry: bool = False) -> str:
-    """Once per peer at spawn; a retry gets its own id, or arq would dedupe it against the finished job."""
-    job_id = f"{SETUP_JOB}:{peer_id}" + (f":retry:{uuid.uuid4().hex}" if retry else "")
-    await redis.enqueue_job(SETUP_JOB, peer_id=str(peer_id), _job_id=job_id, _queue_name=PRIMARY_QUEUE)
-    return job_id
-
-
-async def enqueue_teardown(redis: ArqRedis, *, peer_id: uuid.UUID, expired: bool = False) -> str:
-    job_id = f"{TEARDOWN_JOB}:{peer_id}" + (":expired" if expired else "")
-    await redis.enqueue_job(
-        TEARDOWN_JOB, peer_id=str(peer_id), expired=expired, _job_id=job_id, _queue_name=PRIMARY_QUEUE
+async def request_setup(session: AsyncSession, *, peer_id: uuid.UUID) -> uuid.UUID:
+    """In the caller's transaction: at spawn, and when an operator retries (one open per peer)."""
+    return await outbox_service.add(
+        session, job=SETUP_JOB, kwargs={"peer_id": str(peer_id)}, key=f"{SETUP_JOB}:{peer_id}"
     )
-    return job_id
+
+
+async def request_teardown(session: AsyncSession, *, peer_id: uuid.UUID, expired: bool = False) -> uuid.UUID:
+    return await outbox_service.add(
+        session,
+        job=TEARDOWN_JOB,
+        kwargs={"peer_id": str(peer_id), "expired": expired},
+        key=f"{TEARDOWN_JOB}:{peer_id}" + (":expired" if expired else ""),
+    )
 
 
 def _retrying(ctx: dict[str, Any], failure: SetupFailed) -> bool:
@@ -90,14 +94,17 @@ async def cluster_member_pg_replica_teardown(
 
 
 async def replication_slot_janitor(ctx: dict[str, Any]) -> dict[str, int]:
-    """Report troubled slots; tear down members revoked or never accepted (the janitor's cron)."""
+    """Report troubled slots and stalled set-ups; tear down members revoked or never accepted."""
     runtime: HubRuntime = ctx["runtime"]
     async with session_scope(runtime.sessionmaker) as session:
         result = await janitor.sweep_slots(session, settings=runtime.settings)
+        result |= await stalls.sweep(session, settings=runtime.settings)
         members = await janitor.members_to_tear_down(session)
-    for peer_id, expired in members:
-        await enqueue_teardown(runtime.primary_queue(), peer_id=peer_id, expired=expired)
+        entries = [
+            await request_teardown(session, peer_id=peer_id, expired=expired) for peer_id, expired in members
+        ]
+    await outbox_service.dispatch_now(runtime, entries)
     result["teardowns"] = len(members)
-    if result["reported"] or result["resolved"] or members:
+    if any(count for name, count in result.items() if name != "slots"):
         log.info("replication slot janitor: %s", result)
     return result

@@ -6,11 +6,13 @@ import json
 import logging
 import shutil
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import cast, literal, update
+from sqlalchemy import cast, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,9 +22,12 @@ from hub.exceptions import Conflict
 from hub.federation import endpoints
 from hub.federation.accept import service as accept_service
 from hub.federation.findings import service as findings_service
+from hub.federation.grants import service as grants_service
+from hub.federation.grants.models import FederationGrant
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
+from hub.outbox import service as outbox_service
 from hub.provisioning import service as provisioning_service
 from hub.provisioning import templates as templates_service
 from hub.provisioning.base import ProvisionError, ProvisionResult
@@ -35,6 +40,8 @@ from shared_contract.version import CONTRACT_VERSION_LABEL
 
 log = logging.getLogger(__name__)
 PROVISION_FAILED = "node_provision_failed"
+
+PROVISION_JOB = "spawn_node_provision"
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,9 @@ async def spawn(
     if initiated_by:
         spawn_metadata["initiated_by_user_id"] = initiated_by
     if request.spawn_mode == "managed_child":
-        spawn_metadata |= await accept_service.prepare_held_grant(runtime)
+        prepared = await accept_service.prepare_held_grant(runtime)
+        await accept_service.claim_held_grant(session, prepared=prepared)
+        spawn_metadata |= prepared
     peer = FederationPeer(
         id=peer_id,
         name=request.name or f"child-{short}",
@@ -164,7 +173,9 @@ async def spawn(
         target=str(peer.id),
         details={"spawn_mode": peer.spawn_mode, "template_id": template.id, "manual": node is None},
     )
+    entries = await _follow_ups(session, runtime=runtime, peer=peer, node=node)
     await session.commit()
+    await outbox_service.dispatch_now(runtime, entries)
     if node is not None:
         await _provision(
             session,
@@ -175,15 +186,45 @@ async def spawn(
             peer=peer,
         )
         await session.refresh(peer)  # metadata.provisioner_response
-    if peer.spawn_mode == "cluster_member":
-        await enqueue_replica_setup(runtime, peer_id=peer.id)
     return SpawnResult(peer=peer, token=token, payload=payload)
 
 
-async def enqueue_replica_setup(runtime: HubRuntime, *, peer_id: uuid.UUID) -> None:
+async def _follow_ups(
+    session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer, node: NodeInstance | None
+) -> list[uuid.UUID]:
+    """What must follow the spawn's commit, recorded in it (hub.outbox); the entries due now.
+
+    The provisioning is done by the request itself; its entry waits a lease and takes over only
+    when the process died before the provisioner finished.
+    """
+    if node is not None:
+        await outbox_service.add(
+            session,
+            job=PROVISION_JOB,
+            kwargs={"node_id": str(node.id), "peer_id": str(peer.id)},
+            key=_provision_key(node.id),
+            delay=runtime.settings.outbox.lease_seconds,
+        )
+    if peer.spawn_mode != "cluster_member":
+        return []
     from hub.replication import jobs as replication_jobs
 
-    await replication_jobs.enqueue_setup(runtime.primary_queue(), peer_id=peer_id)
+    return [await replication_jobs.request_setup(session, peer_id=peer.id)]
+
+
+def _provision_key(node_id: uuid.UUID) -> str:
+    return f"{PROVISION_JOB}:{node_id}"
+
+
+@asynccontextmanager
+async def _provisioning(runtime: HubRuntime, node_id: uuid.UUID, *, wait: bool) -> AsyncIterator[bool]:
+    """Held while a node is provisioned (a lock that dies with its process): False if it is taken."""
+    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    async with runtime.engine.begin() as connection:
+        got = await connection.scalar(
+            text(f"SELECT {function}(hashtextextended(:key, 0))"), {"key": _provision_key(node_id)}
+        )
+        yield got is not False
 
 
 async def _provision(
@@ -197,30 +238,31 @@ async def _provision(
 ) -> None:
     """Hand the payload to the provisioner; a failure is recorded on the node and reported."""
     spec = provisioning_service.node_spec(runtime.settings, node)
-    try:
-        provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
-        result = await provisioner.provision(node=spec, template=template_spec, payload=payload)
-    except ProvisionError as e:
-        await _provision_failed(session, node=node, peer=peer, message=e.message)
-        await _record_response(
-            session, peer.id, {"ok": False, "manual_attach_required": False, "error": e.message}
+    async with _provisioning(runtime, node.id, wait=True):
+        try:
+            provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
+            result = await provisioner.provision(node=spec, template=template_spec, payload=payload)
+        except ProvisionError as e:
+            await _provision_failed(session, node=node, peer=peer, message=e.message)
+            await _record_response(
+                session, peer.id, {"ok": False, "manual_attach_required": False, "error": e.message}
+            )
+            raise ProvisionError(
+                f"Provisioning failed: {e.message}",
+                details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
+            ) from e
+        except OSError as e:  # a full disk under the node's directory, payload or console log
+            shutil.rmtree(spec.work_dir, ignore_errors=True)  # nothing half-written stays behind
+            message = f"cannot write the node's files under {spec.work_dir.parent}: {e.strerror or e}"
+            await _provision_failed(session, node=node, peer=peer, message=message)
+            raise ProvisionError(
+                f"Provisioning failed: {message}",
+                details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
+            ) from e
+        await _record_node(
+            session, node.id, state=result.state, provider_ref=result.provider_ref, details=result.details
         )
-        raise ProvisionError(
-            f"Provisioning failed: {e.message}",
-            details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
-        ) from e
-    except OSError as e:  # a full disk under the node's directory, payload or console log
-        shutil.rmtree(spec.work_dir, ignore_errors=True)  # nothing half-written stays behind
-        message = f"cannot write the node's files under {spec.work_dir.parent}: {e.strerror or e}"
-        await _provision_failed(session, node=node, peer=peer, message=message)
-        raise ProvisionError(
-            f"Provisioning failed: {message}",
-            details={"child_id": str(peer.id), "node_instance_id": str(node.id)},
-        ) from e
-    await _record_node(
-        session, node.id, state=result.state, provider_ref=result.provider_ref, details=result.details
-    )
-    await _record_response(session, peer.id, _provisioned_response(node, result))
+        await _record_response(session, peer.id, _provisioned_response(node, result))
 
 
 def _manual_attach_response() -> dict[str, Any]:
@@ -271,28 +313,83 @@ async def _provision_failed(
 
 
 async def _record_node(session: AsyncSession, node_id: uuid.UUID, **values: object) -> None:
+    """What the provisioner did, and the provisioning's outbox entry closed, in one commit."""
     await session.execute(
         update(NodeInstance).where(NodeInstance.id == node_id).values(updated_at=utcnow(), **values)
     )
+    await outbox_service.close(session, key=_provision_key(node_id))
     await session.commit()
+
+
+async def resume_provisioning(*, runtime: HubRuntime, node_id: uuid.UUID) -> str | None:
+    """Finish a spawn whose process died before its provisioner did; None while one is under way.
+
+    The first payload's token was never recorded in plaintext, so the node gets a new one (the
+    old one dead at once) after whatever the first attempt left of the node is destroyed.
+    """
+    async with _provisioning(runtime, node_id, wait=False) as free:
+        if not free:
+            return None
+        async with runtime.sessionmaker() as session:
+            node = await session.get(NodeInstance, node_id)
+            peer = await session.scalar(
+                select(FederationPeer).where(FederationPeer.node_instance_id == node_id)
+            )
+            if node is None or node.state != "pending":
+                return "nothing to resume"
+            if peer is None or peer.status != "proposed":
+                return f"left as it is: the child is {peer.status if peer else 'gone'}"
+            template = await templates_service.get_or_raise(session, template_id=node.template_id or "")
+            await session.execute(
+                update(AcceptanceToken)
+                .where(AcceptanceToken.peer_id == peer.id, AcceptanceToken.superseded_at.is_(None))
+                .values(superseded_at=utcnow())
+            )
+            ttl = runtime.settings.federation.default_token_ttl_seconds
+            token, expires_at = await _issue_token(session, peer_id=peer.id, ttl=ttl)
+            payload = build_payload(runtime=runtime, peer=peer, node=node, token=token, expires_at=expires_at)
+            node.payload_digest = provisioning_service.payload_digest(payload)
+            await audit_service.record(
+                session, actor="system", action="child.provision.resume", target=str(peer.id)
+            )
+            await session.commit()
+            spec = provisioning_service.node_spec(runtime.settings, node)
+            try:
+                provisioner = provisioning_service.get_provisioner(node.provider, runtime.settings)
+                await provisioner.destroy(node=spec)
+                result = await provisioner.provision(
+                    node=spec, template=templates_service.spec(template), payload=payload
+                )
+            except (ProvisionError, OSError) as e:
+                message = (
+                    e.message if isinstance(e, ProvisionError) else f"cannot write the node's files: {e}"
+                )
+                await _provision_failed(session, node=node, peer=peer, message=message)
+                return f"failed: {message}"
+            await _record_node(
+                session, node.id, state=result.state, provider_ref=result.provider_ref, details=result.details
+            )
+            await _record_response(session, peer.id, _provisioned_response(node, result))
+            return result.state
 
 
 async def rotate_token(
     session: AsyncSession, *, runtime: HubRuntime, peer_id: str, request: RotateTokenRequest, actor: str
 ) -> SpawnResult:
-    """A new token, the old one dead at once, the payload re-staged; only while `proposed`."""
+    """A new token, the old one dead at once, the payload re-staged: while `proposed`, or while
+    `accepted` and never enrolled (the accept's answer was lost: the child starts over)."""
     peer = await peers_service.get_child_or_raise(session, peer_id=peer_id)
-    locked = await session.scalar(
-        update(FederationPeer)
-        .where(FederationPeer.id == peer.id, FederationPeer.status == "proposed")
-        .values(updated_at=utcnow())
-        .returning(FederationPeer.id)
+    status = await session.scalar(
+        select(FederationPeer.status).where(FederationPeer.id == peer.id).with_for_update()
     )
-    if locked is None:
+    if status not in ("proposed", "accepted") or (status == "accepted" and peer.enrolled_at is not None):
         raise Conflict(
-            f"Child {peer.id} is {peer.status}: tokens can only be rotated while proposed",
+            f"Child {peer.id} is {status}: tokens can only be rotated while proposed, or accepted "
+            "and never enrolled",
             code="NOT_PROPOSED",
         )
+    if status == "accepted":
+        await _restart_handshake(session, runtime=runtime, peer=peer)
     await session.execute(
         update(AcceptanceToken)
         .where(AcceptanceToken.peer_id == peer.id, AcceptanceToken.superseded_at.is_(None))
@@ -302,8 +399,12 @@ async def rotate_token(
     token, expires_at = await _issue_token(session, peer_id=peer.id, ttl=ttl)
     node = await session.get(NodeInstance, peer.node_instance_id) if peer.node_instance_id else None
     payload = build_payload(runtime=runtime, peer=peer, node=node, token=token, expires_at=expires_at)
-    await audit_service.record(session, actor=actor, action="child.rotate_token", target=str(peer.id))
+    await audit_service.record(
+        session, actor=actor, action="child.rotate_token", target=str(peer.id), details={"from": status}
+    )
     await session.commit()
+    if status == "accepted":
+        await _after_restart(session, runtime=runtime, peer=peer)
     # A guest that booted and stopped (or failed after booting) is started again with the new token;
     # a node whose provisioning failed, or that was destroyed, has nothing to restart.
     if node is not None and node.state != "destroyed" and not (node.state == "failed" and not node.details):
@@ -320,6 +421,59 @@ async def rotate_token(
             payload_digest=provisioning_service.payload_digest(payload),
         )
     return SpawnResult(peer=peer, token=token, payload=payload)
+
+
+async def _restart_handshake(session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer) -> None:
+    """accepted → proposed for a child that never enrolled: what the lost answer carried goes.
+
+    Its certificate no longer authenticates; a managed_child's held grant (the child never got
+    its bearer) is revoked and a new one prepared; a cluster_member's credential may go again.
+    """
+    now = utcnow()
+    metadata = dict(peer.metadata_ or {})
+    if peer.spawn_mode == "managed_child":
+        await session.execute(
+            update(FederationGrant)
+            .where(FederationGrant.peer_id == peer.id, FederationGrant.revoked_at.is_(None))
+            .values(revoked_at=now, revoke_reason="token rotated before the child enrolled", purge_after=now)
+        )
+        prepared = await accept_service.prepare_held_grant(runtime)
+        await accept_service.claim_held_grant(session, prepared=prepared)
+        metadata["spawn"] = {**metadata.get("spawn", {}), **prepared}
+    if isinstance(metadata.get("cluster_pg"), dict):
+        metadata["cluster_pg"] = {
+            k: v for k, v in metadata["cluster_pg"].items() if k not in ("delivered_at", "delivered_via")
+        }
+    await session.execute(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer.id)
+        .values(
+            status="proposed",
+            accepted_at=None,
+            client_cert_fingerprint=None,
+            client_cert_serial=None,
+            signed_at=None,
+            metadata_=metadata,
+            updated_at=now,
+        )
+    )
+    await session.refresh(peer)
+
+
+async def _after_restart(session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer) -> None:
+    """After the commit: old bearers gone, a member's password replaced (the
+    lost answer may have carried it; if that fails the operator can reissue it)."""
+    await grants_service.forget_bearers(session, secrets=runtime.secrets, peer_id=peer.id)
+    await session.commit()
+    if peer.spawn_mode != "cluster_member":
+        return
+    from hub.replication.exceptions import SetupFailed
+    from hub.replication.service import PgReplicaSetupService
+
+    try:
+        await PgReplicaSetupService(runtime).rotate_credential(peer_id=peer.id)
+    except SetupFailed as e:
+        log.warning("replication password of %s not rotated: %s", peer.id, e.reason)
 
 
 async def revoke(

@@ -14,12 +14,13 @@ from pydantic import ValidationError
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.database import utcnow
+from hub.database import session_scope, utcnow
 from hub.exceptions import Conflict, Unauthorized, Unprocessable
 from hub.federation import endpoints
 from hub.federation.grants.models import MANAGED_CHILD_OPERATOR, FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
+from hub.outbox import service as outbox_service
 from hub.runtime import HubRuntime
 from hub.secrets import ca as ca_service
 from hub.secrets import tokens
@@ -274,22 +275,74 @@ async def _held_grant(
     )
 
 
+FORGET_UNCLAIMED_JOB = "federation_grant_forget_unclaimed_bearer"
+
+
+def _unclaimed_key(grant_id: str | uuid.UUID) -> str:
+    return f"{FORGET_UNCLAIMED_JOB}:{grant_id}"
+
+
 async def prepare_held_grant(runtime: HubRuntime) -> dict[str, str]:
     """At spawn (managed_child): the bearer the parent will hold, stored before anyone accepts, so
-    the accept itself writes no secret. Returns what the spawn keeps in `metadata.spawn`."""
+    the accept itself writes no secret. Returns what the spawn keeps in `metadata.spawn`; the
+    spawn's transaction passes it to `claim_held_grant`.
+
+    The store is not the database: a crash between this write and the spawn's commit would leave a
+    secret no row names. So an outbox entry, committed first, deletes it after a lease unless the
+    spawn's commit closed the entry.
+    """
     grant_id = uuid.uuid4()
+    async with session_scope(runtime.sessionmaker) as session:
+        await outbox_service.add(
+            session,
+            job=FORGET_UNCLAIMED_JOB,
+            kwargs={"grant_id": str(grant_id)},
+            key=_unclaimed_key(grant_id),
+            delay=runtime.settings.outbox.lease_seconds,
+        )
     bearer = tokens.issue(tokens.GRANT_BEARER_PREFIX).plaintext
     await runtime.secrets.put(bearer_secret_path(grant_id), {"bearer": bearer})
     return {"held_grant_id": str(grant_id)}
 
 
-async def _prepared_bearer(runtime: HubRuntime, peer: FederationPeer) -> tuple[uuid.UUID, str]:
+async def claim_held_grant(session: AsyncSession, *, prepared: dict[str, str]) -> None:
+    """In the spawn's transaction: the prepared bearer is named by a row from this commit on."""
+    await outbox_service.close(session, key=_unclaimed_key(prepared["held_grant_id"]))
+
+
+async def forget_unclaimed_bearer(runtime: HubRuntime, *, grant_id: uuid.UUID) -> str:
+    """The job of an entry the spawn never closed: delete the bearer unless a row names it."""
+    async with runtime.sessionmaker() as session:
+        named = await session.scalar(
+            select(FederationPeer.id)
+            .where(FederationPeer.metadata_["spawn"]["held_grant_id"].astext == str(grant_id))
+            .limit(1)
+        )
+        granted = await session.get(FederationGrant, grant_id)
+    if named is not None or granted is not None:
+        return "kept"
+    await runtime.secrets.delete(bearer_secret_path(grant_id))
+    return "deleted"
+
+
+def _prepared_id(peer: FederationPeer) -> uuid.UUID | None:
     prepared = (peer.metadata_ or {}).get("spawn", {}).get("held_grant_id")
-    if prepared:
-        stored = await runtime.secrets.get(bearer_secret_path(uuid.UUID(prepared)))
-        if stored and stored.get("bearer"):
-            return uuid.UUID(prepared), str(stored["bearer"])
-    grant_id = uuid.uuid4()
+    return uuid.UUID(prepared) if prepared else None
+
+
+async def forget_unused_bearer(session: AsyncSession, *, runtime: HubRuntime, peer: FederationPeer) -> None:
+    """A prepared bearer that no grant was made with (never accepted) goes with the peer."""
+    grant_id = _prepared_id(peer)
+    if grant_id is not None and await session.get(FederationGrant, grant_id) is None:
+        await runtime.secrets.delete(bearer_secret_path(grant_id))
+
+
+async def _prepared_bearer(runtime: HubRuntime, peer: FederationPeer) -> tuple[uuid.UUID, str]:
+    """The prepared id and bearer; one made now under that id if the store lost it."""
+    grant_id = _prepared_id(peer) or uuid.uuid4()
+    stored = await runtime.secrets.get(bearer_secret_path(grant_id))
+    if stored and stored.get("bearer"):
+        return grant_id, str(stored["bearer"])
     bearer = tokens.issue(tokens.GRANT_BEARER_PREFIX).plaintext
     await runtime.secrets.put(bearer_secret_path(grant_id), {"bearer": bearer})
     return grant_id, bearer

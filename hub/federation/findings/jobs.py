@@ -1,4 +1,5 @@
-"""The findings cron: heartbeat lapses and stuck handshakes, once per period across all workers."""
+"""The findings cron: heartbeat lapses, stuck handshakes and nodes, outbox jobs that keep failing;
+once per period across all workers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from typing import Any
 
 from hub.federation.findings import service as findings_service
+from hub.outbox import service as outbox_service
 from hub.provisioning import watch
 from hub.runtime import HubRuntime
 
@@ -18,7 +20,9 @@ async def federation_findings_sweep(ctx: dict[str, Any]) -> dict[str, int]:
         heartbeats = await findings_service.sweep_heartbeats(session, settings=runtime.settings)
         handshakes = await findings_service.sweep_handshakes(session, settings=runtime.settings)
         nodes = await watch.sweep_nodes(session, settings=runtime.settings)
-    result = {**heartbeats, **handshakes, **nodes}
+        stuck = await findings_service.sweep_stuck(session, settings=runtime.settings)
+        failing = await outbox_service.sweep(session, settings=runtime.settings)
+    result = {**heartbeats, **handshakes, **nodes, **stuck, "outbox_failing": failing}
     if any(result.values()):
         log.info("findings sweep: %s", result)
     return result

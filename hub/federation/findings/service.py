@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +15,7 @@ from hub.database import utcnow
 from hub.exceptions import ValidationFailed
 from hub.federation.findings.models import Finding
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
+from hub.provisioning.models import NodeInstance
 
 # `metadata.enroll_refused` of an accepted peer: why its last enroll call was refused (peering).
 ENROLL_REFUSED = "enroll_refused"
@@ -22,6 +23,9 @@ HEARTBEAT_STALE = "peer_heartbeat_stale"
 NEVER_ACTIVE = "peer_enrolled_never_active"
 NEVER_ENROLLED = "peer_accepted_never_enrolled"
 TOKEN_EXPIRED = "acceptance_token_expired"
+ACCEPTED_NEVER_ENROLLED = "peer_accepted_never_enrolled"
+NODE_STUCK = "node_stuck"
+CHILDREN = "/api/v1/system/federation/children"
 
 
 async def open_finding(
@@ -210,6 +214,86 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
     await _resolve_cleared(session, NEVER_ENROLLED, FederationPeer.status != "accepted")
     await _resolve_cleared(session, TOKEN_EXPIRED, and_(FederationPeer.status != "proposed"))
     return {"never_active": len(never), "never_enrolled": len(stuck), "token_expired": len(expired)}
+
+
+async def sweep_stuck(session: AsyncSession, *, settings: Settings) -> dict[str, int]:
+    """Children that stopped moving: accepted and never enrolled; a node still `pending` (its
+    provisioner never finished, and the outbox did not manage to finish it either). A node that
+    booted and does not accept is `node_not_accepting` (hub.provisioning.watch)."""
+    before = utcnow() - timedelta(seconds=settings.federation.stuck_seconds)
+    accepted = (
+        await session.execute(
+            select(FederationPeer.id, FederationPeer.name, FederationPeer.accepted_at).where(
+                FederationPeer.spawn_role == "parent",
+                FederationPeer.status == "accepted",
+                FederationPeer.accepted_at < before,
+            )
+        )
+    ).all()
+    for peer_id, name, accepted_at in accepted:
+        when = accepted_at.isoformat() if accepted_at else "?"
+        await open_finding(
+            session,
+            kind=ACCEPTED_NEVER_ENROLLED,
+            subject=str(peer_id),
+            peer_id=peer_id,
+            message=(
+                f"{name} accepted at {when} and never enrolled: it may have lost the "
+                "accept's answer or failed its first run. Check its console; then rotate its token "
+                f"(POST {CHILDREN}/{peer_id}/rotate_token), which re-stages the payload so it starts over"
+            ),
+            details={"accepted_at": when},
+        )
+    nodes = (
+        await session.execute(
+            select(
+                NodeInstance.id,
+                NodeInstance.state,
+                NodeInstance.updated_at,
+                FederationPeer.id,
+                FederationPeer.name,
+            )
+            .join(FederationPeer, FederationPeer.node_instance_id == NodeInstance.id)
+            .where(
+                NodeInstance.state == "pending",
+                NodeInstance.updated_at < before,
+                FederationPeer.status == "proposed",
+            )
+        )
+    ).all()
+    for node_id, state, since, peer_id, name in nodes:
+        await open_finding(
+            session,
+            kind=NODE_STUCK,
+            subject=str(node_id),
+            peer_id=peer_id,
+            message=(
+                f"The node of {name} has been {state} since {since.isoformat()}: its provisioner never "
+                "finished (see outbox_entry_failing for why); rotate the child's token to provision it "
+                f"again (POST {CHILDREN}/{peer_id}/rotate_token), or revoke it and spawn again"
+            ),
+            details={"node_instance_id": str(node_id), "state": state, "since": since.isoformat()},
+        )
+    await _resolve_cleared(session, ACCEPTED_NEVER_ENROLLED, FederationPeer.status != "accepted")
+    await _resolve_nodes_moved_on(session)
+    return {"accepted_never_enrolled": len(accepted), "nodes_stuck": len(nodes)}
+
+
+async def _resolve_nodes_moved_on(session: AsyncSession) -> None:
+    subjects = (
+        await session.scalars(
+            select(Finding.subject)
+            .join(FederationPeer, FederationPeer.id == Finding.peer_id)
+            .join(NodeInstance, NodeInstance.id == FederationPeer.node_instance_id)
+            .where(
+                Finding.kind == NODE_STUCK,
+                Finding.resolved_at.is_(None),
+                or_(NodeInstance.state != "pending", FederationPeer.status != "proposed"),
+            )
+        )
+    ).all()
+    if subjects:
+        await resolve(session, kind=NODE_STUCK, subjects=list(subjects))
 
 
 async def _resolve_cleared(session: AsyncSession, kind: str, cleared: Any) -> None:

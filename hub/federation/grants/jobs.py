@@ -1,8 +1,13 @@
-"""Grant crons: the retention purge, and the probe that notices a child's emancipation.
+"""Grant jobs: the retention purge, the probe that notices a child's emancipation, and telling a
+child that we gave up the grant we held on it.
 
 The probe reads each managed child's `peer` under our grant once per findings period, so a
 child that revoked the grant shows as emancipated (with a `peer_grant_revoked` finding) without
 waiting for the parent's next push or operator action.
+
+The revoke notice comes from the outbox (hub.outbox): it is retried, with backoff, until the child
+answered, and a `grant_revoke_undelivered` finding stays open meanwhile. The child is called with
+our client certificate only: we deleted the bearer when we revoked the grant.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import logging
 import uuid
 from typing import Any
 
+from arq import Retry
 from sqlalchemy import select
 
 from hub.database import session_scope, utcnow
 from hub.exceptions import HubError
+from hub.federation.accept import service as accept_service
+from hub.federation.grants import client as grants_client
 from hub.federation.grants import remote
 from hub.federation.grants import service as grants_service
 from hub.federation.grants.models import FederationGrant
@@ -81,3 +89,30 @@ async def federation_grant_probe(ctx: dict[str, Any]) -> dict[str, int]:
 
     results = await asyncio.gather(*(probe(p) for p in await _probed(runtime)))
     return {"probed": len(results), "refused_or_unreachable": results.count(False)}
+
+
+async def federation_grant_revoke_notice(ctx: dict[str, Any], *, grant_id: str, peer_id: str) -> str:
+    runtime: HubRuntime = ctx["runtime"]
+    async with runtime.sessionmaker() as session:
+        peer = await session.get(FederationPeer, uuid.UUID(peer_id))
+    if peer is None or peer.status == "revoked":
+        return "the peering is gone"
+    try:
+        await grants_client.call(runtime, peer=peer, method="POST", path=f"/grants/{grant_id}/revoke")
+    except grants_client.CallFailed as e:
+        if e.status is None or e.status >= 500 or (e.status == 401 and e.code != "PEER_REVOKED"):
+            async with session_scope(runtime.sessionmaker) as session:
+                await grants_service.record_notice(
+                    session, peer=peer, grant_id=grant_id, delivered=False, problem=f"{e.code}: {e.message}"
+                )
+            job_try = ctx.get("job_try", 1)
+            raise Retry(defer=min(runtime.settings.outbox.max_backoff_seconds, 2.0**job_try)) from None
+        log.info("grant %s revoke notice refused by %s: %s %s", grant_id, peer.id, e.status, e.code)
+    async with session_scope(runtime.sessionmaker) as session:
+        await grants_service.record_notice(session, peer=peer, grant_id=grant_id, delivered=True)
+    return "told"
+
+
+async def federation_grant_forget_unclaimed_bearer(ctx: dict[str, Any], *, grant_id: str) -> str:
+    """A spawn stored a held grant's bearer and died before its commit: the secret goes."""
+    return await accept_service.forget_unclaimed_bearer(ctx["runtime"], grant_id=uuid.UUID(grant_id))

@@ -49,11 +49,10 @@ async def revoke_grant(
     """Revoke a grant (a child emancipates itself; a parent gives up its rights); 409 if not live."""
     grant = await grants_service.revoke(
         session,
-        secrets=runtime.secrets,
+        runtime=runtime,
         grant_id=grant_id,
         reason=request.reason if request else None,
         actor=operator.actor,
-        retention_days=runtime.settings.federation.grant_retention_days,
     )
     return envelope(GrantEnvelope(grant=peers_service.grant_view(grant)))
 

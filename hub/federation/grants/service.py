@@ -36,6 +36,8 @@ from hub.federation.grants.exceptions import (
 from hub.federation.grants.models import GRANT_STATES, MANAGED_CHILD_OPERATOR, FederationGrant
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import patterns
+from hub.outbox import service as outbox_service
+from hub.runtime import HubRuntime
 from hub.secrets import tokens
 from hub.secrets.store import SecretStore
 
@@ -108,19 +110,20 @@ async def get_or_raise(session: AsyncSession, *, grant_id: str) -> FederationGra
 async def revoke(
     session: AsyncSession,
     *,
-    secrets: SecretStore,
+    runtime: HubRuntime,
     grant_id: str,
     reason: str | None,
     actor: str,
-    retention_days: int,
 ) -> FederationGrant:
     """Revoke one grant (409 if it is not live); a held grant's bearer secret is deleted at once.
 
     On a child, revoking the parent's `granted` operator grant is emancipation: the parent's next
-    call gets 401. On the parent, revoking its `held` one is mutual emancipation: it stops calling.
+    call gets 401. On the parent, revoking its `held` one is mutual emancipation: it stops calling,
+    and the child is told (through the outbox, retried until it heard) so it refuses the bearer.
     """
     grant = await get_or_raise(session, grant_id=grant_id)
     now = utcnow()
+    retention = timedelta(days=runtime.settings.federation.grant_retention_days)
     revoked = await session.scalar(
         update(FederationGrant)
         .where(
@@ -128,15 +131,18 @@ async def revoke(
             FederationGrant.revoked_at.is_(None),
             FederationGrant.archived_at.is_(None),
         )
-        .values(revoked_at=now, revoke_reason=reason, purge_after=now + timedelta(days=retention_days))
+        .values(revoked_at=now, revoke_reason=reason, purge_after=now + retention)
         .returning(FederationGrant)
         .execution_options(populate_existing=True)
     )
     if revoked is None:
         raise Conflict(f"Grant {grant.id} is already {grant.state()}", code="ALREADY_REVOKED")
+    notices = []
     if revoked.direction == "held" and revoked.resource_kind == MANAGED_CHILD_OPERATOR:
         await _mark_emancipated(session, peer_id=revoked.peer_id, now=now)
         await findings_service.resolve(session, kind=PEER_GRANT_REVOKED, subjects=[str(revoked.peer_id)])
+    if revoked.direction == "held":
+        notices.append(await request_revoke_notice(session, grant=revoked))
     await audit_service.record(
         session,
         actor=actor,
@@ -150,9 +156,83 @@ async def revoke(
         },
     )
     await session.commit()
-    await forget_bearers(session, secrets=secrets, peer_id=revoked.peer_id)
+    await outbox_service.dispatch_now(runtime, notices)
+    await forget_bearers(session, secrets=runtime.secrets, peer_id=revoked.peer_id)
     await session.commit()
     return revoked
+
+
+REVOKE_NOTICE_JOB = "federation_grant_revoke_notice"
+REVOKE_UNDELIVERED = "grant_revoke_undelivered"
+
+
+async def request_revoke_notice(session: AsyncSession, *, grant: FederationGrant) -> uuid.UUID:
+    """Tell the peer we gave up a grant we held, in the revoke's transaction (hub.outbox)."""
+    return await outbox_service.add(
+        session,
+        job=REVOKE_NOTICE_JOB,
+        kwargs={"grant_id": str(grant.id), "peer_id": str(grant.peer_id)},
+        key=f"{REVOKE_NOTICE_JOB}:{grant.id}",
+    )
+
+
+async def revoked_by_peer(
+    session: AsyncSession, *, peer: FederationPeer, grant_id: str, reason: str | None, retention_days: int
+) -> FederationGrant:
+    """The peer gave up a grant we gave it: its bearer is refused from now on (idempotent)."""
+    grant = await session.scalar(
+        select(FederationGrant).where(
+            FederationGrant.id == _uuid(grant_id, "grant_id"),
+            FederationGrant.peer_id == peer.id,
+            FederationGrant.direction == "granted",
+        )
+    )
+    if grant is None:
+        raise NotFound(f"Grant {grant_id} not found")
+    now = utcnow()
+    revoked = await session.scalar(
+        update(FederationGrant)
+        .where(FederationGrant.id == grant.id, FederationGrant.revoked_at.is_(None))
+        .values(
+            revoked_at=now,
+            revoke_reason=f"given up by the peer: {reason}" if reason else "given up by the peer",
+            purge_after=now + timedelta(days=retention_days),
+        )
+        .returning(FederationGrant.id)
+    )
+    if revoked is not None:
+        await audit_service.record(
+            session,
+            actor=f"peer:{peer.id}",
+            action="grant.revoked_by_peer",
+            target=str(grant.id),
+            details={"peer_id": str(peer.id), "reason": reason},
+        )
+    await session.commit()
+    await session.refresh(grant)
+    return grant
+
+
+async def record_notice(
+    session: AsyncSession, *, peer: FederationPeer, grant_id: str, delivered: bool, problem: str = ""
+) -> None:
+    """While the peer has not heard that we gave up its grant, a finding says so."""
+    if delivered:
+        await findings_service.resolve(session, kind=REVOKE_UNDELIVERED, subjects=[grant_id])
+        return
+    await findings_service.open_finding(
+        session,
+        kind=REVOKE_UNDELIVERED,
+        subject=grant_id,
+        peer_id=peer.id,
+        severity="error",
+        message=(
+            f"{peer.name} has not yet been told that grant {grant_id} was revoked ({problem}); it is "
+            "retried until the child answers. Until then the child still accepts that bearer: we no "
+            "longer hold it, but revoke the peering if the bearer may have leaked"
+        ),
+        details={"grant_id": grant_id, "problem": problem},
+    )
 
 
 async def forget_bearers(

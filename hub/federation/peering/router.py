@@ -116,9 +116,7 @@ async def enroll(
     runtime: RuntimeDep,
 ) -> dict:
     """The child finished its first run: accepted → enrolled (later: where it is reached now)."""
-    result = await peering_service.enroll(
-        session, peer=caller, request=request, redis=runtime.primary_queue()
-    )
+    result = await peering_service.enroll(session, peer=caller, request=request, runtime=runtime)
     return envelope(result.to_wire())
 
 
@@ -198,6 +196,25 @@ async def revoke(
     return envelope(
         {"status": peer.status, "revoked_at": peer.revoked_at.isoformat() if peer.revoked_at else None}
     )
+
+
+@router.post("/grants/{grant_id}/revoke", status_code=200)
+async def grant_revoked(
+    grant_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    request: Annotated[RevokeRequest | None, Body()] = None,
+) -> dict:
+    """The peer gave up a grant we gave it: we refuse its bearer from now on."""
+    grant = await grants_service.revoked_by_peer(
+        session,
+        peer=caller,
+        grant_id=grant_id,
+        reason=request.reason if request else None,
+        retention_days=runtime.settings.federation.grant_retention_days,
+    )
+    return envelope({"grant_id": str(grant.id), "state": grant.state()})
 
 
 def _batcher(runtime: HubRuntime) -> HeartbeatBatcher:

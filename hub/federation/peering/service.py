@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from arq.connections import ArqRedis
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +28,7 @@ from hub.federation.grants import client
 from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peers.models import FederationPeer
 from hub.federation.policies import jobs as policies_jobs
+from hub.outbox import service as outbox_service
 from hub.runtime import HubRuntime
 from hub.secrets import ca as ca_service
 from shared_contract.enroll import EnrollRequest, EnrollResponseData
@@ -124,7 +124,7 @@ async def note_refused_enroll(session: AsyncSession, *, platform_id: str, cause:
 
 
 async def enroll(
-    session: AsyncSession, *, peer: FederationPeer, request: EnrollRequest, redis: ArqRedis
+    session: AsyncSession, *, peer: FederationPeer, request: EnrollRequest, runtime: HubRuntime
 ) -> EnrollResponseData:
     """accepted → enrolled once the child finished its first run; later enrolls refresh where it
     is reached. A managed child then gets our cascaded policies."""
@@ -151,10 +151,12 @@ async def enroll(
         )
     else:
         await session.execute(update(FederationPeer).where(FederationPeer.id == peer.id).values(**reach))
-    await session.commit()
-    await session.refresh(peer)
+    pushes = []
     if peer.spawn_role == "parent" and peer.spawn_mode == "managed_child":
-        await policies_jobs.enqueue_cascade(redis, peer_ids=[peer.id])
+        pushes = await policies_jobs.request_cascade(session, peer_ids=[peer.id])
+    await session.commit()
+    await outbox_service.dispatch_now(runtime, pushes)
+    await session.refresh(peer)
     return EnrollResponseData(
         peer_id=str(peer.id), status=peer.status, enrolled_at=(peer.enrolled_at or now).isoformat()
     )

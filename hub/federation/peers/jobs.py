@@ -13,13 +13,14 @@ import uuid
 from typing import Any
 
 from arq import Retry
-from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.federation import bootstrap
 from hub.federation.grants import client as grants_client
 from hub.federation.peering.client import PeerCallFailed, PeerClient
 from hub.federation.peers.models import FederationPeer
-from hub.runtime import PRIMARY_QUEUE, HubRuntime
+from hub.outbox import service as outbox_service
+from hub.runtime import HubRuntime
 from hub.spawn.schemas import RevokeRequest
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,13 @@ REVOKE_NOTICE_JOB = "federation_peer_revoke_notice"
 MAX_TRIES = 6
 
 
-async def enqueue_revoke_notice(redis: ArqRedis, *, peer_id: uuid.UUID) -> None:
-    await redis.enqueue_job(
-        REVOKE_NOTICE_JOB,
-        peer_id=str(peer_id),
-        _job_id=f"{REVOKE_NOTICE_JOB}:{peer_id}",
-        _queue_name=PRIMARY_QUEUE,
+async def request_revoke_notice(session: AsyncSession, *, peer_id: uuid.UUID) -> uuid.UUID:
+    """In the revoke's own transaction (hub.outbox), so a crash after the commit still tells it."""
+    return await outbox_service.add(
+        session,
+        job=REVOKE_NOTICE_JOB,
+        kwargs={"peer_id": str(peer_id)},
+        key=f"{REVOKE_NOTICE_JOB}:{peer_id}",
     )
 
 

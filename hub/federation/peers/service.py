@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.audit import service as audit_service
 from hub.database import utcnow
 from hub.exceptions import Conflict, NotFound, ValidationFailed
+from hub.federation.accept import service as accept_service
 from hub.federation.findings.models import Finding
 from hub.federation.grants import service as grants_service
 from hub.federation.grants.models import FederationGrant
@@ -34,6 +35,7 @@ from hub.federation.peers.schemas import (
     NodeInstanceView,
     PeerSummary,
 )
+from hub.outbox import service as outbox_service
 from hub.provisioning.models import NodeInstance
 from hub.runtime import HubRuntime
 
@@ -347,13 +349,16 @@ async def revoke_peer(
         actor=actor,
         retention_days=runtime.settings.federation.grant_retention_days,
     )
-    await session.commit()
-    await grants_service.forget_bearers(session, secrets=runtime.secrets, peer_id=peer.id)
-    await session.commit()
+    entries = []
     if notify:
-        await peers_jobs.enqueue_revoke_notice(runtime.primary_queue(), peer_id=peer.id)
+        entries.append(await peers_jobs.request_revoke_notice(session, peer_id=peer.id))
     if peer.spawn_role == "parent" and peer.spawn_mode == "cluster_member":
         from hub.replication import jobs as replication_jobs
 
-        await replication_jobs.enqueue_teardown(runtime.primary_queue(), peer_id=peer.id)
+        entries.append(await replication_jobs.request_teardown(session, peer_id=peer.id))
+    await session.commit()
+    await outbox_service.dispatch_now(runtime, entries)
+    await grants_service.forget_bearers(session, secrets=runtime.secrets, peer_id=peer.id)
+    await accept_service.forget_unused_bearer(session, runtime=runtime, peer=peer)
+    await session.commit()
     return peer

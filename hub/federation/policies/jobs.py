@@ -1,7 +1,9 @@
 """arq job: push the cascaded policies to one managed child (after enrollment, on every change).
 
 Pushes are full sets stamped with the time they were generated, so duplicates are harmless and
-an older push that arrives late is ignored by the child; they are enqueued without dedup.
+an older push that arrives late is ignored by the child. They are requested through the outbox in
+the transaction of the change, one open request per child: a change while a push is under way
+makes it run again.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import uuid
 from typing import Any
 
 from arq import Retry
-from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.federation.grants.exceptions import ChildRefused, ChildUnreachable, ChildUntrusted
 from hub.federation.policies import cascade
-from hub.runtime import PRIMARY_QUEUE, HubRuntime
+from hub.outbox import service as outbox_service
+from hub.runtime import HubRuntime
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,13 @@ CASCADE_JOB = "intervention_policy_cascade"
 MAX_TRIES = 8
 
 
-async def enqueue_cascade(redis: ArqRedis, *, peer_ids: list[uuid.UUID]) -> None:
-    for peer_id in peer_ids:
-        await redis.enqueue_job(CASCADE_JOB, peer_id=str(peer_id), _queue_name=PRIMARY_QUEUE)
+async def request_cascade(session: AsyncSession, *, peer_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    return [
+        await outbox_service.add(
+            session, job=CASCADE_JOB, kwargs={"peer_id": str(peer_id)}, key=f"{CASCADE_JOB}:{peer_id}"
+        )
+        for peer_id in peer_ids
+    ]
 
 
 async def intervention_policy_cascade(ctx: dict[str, Any], *, peer_id: str) -> dict[str, Any]:

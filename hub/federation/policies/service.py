@@ -49,6 +49,7 @@ from hub.federation.policies.schemas import (
     PolicyUpdate,
     PolicyView,
 )
+from hub.outbox import service as outbox_service
 from hub.runtime import HubRuntime
 
 CLUSTER_TAG = "cluster"
@@ -126,13 +127,13 @@ async def _refresh_overridden(session: AsyncSession) -> None:
     )
 
 
-async def _push_to_children(session: AsyncSession, runtime: HubRuntime, *touched: str) -> None:
-    """A change to our `system.*` policies goes to every managed child (after the commit)."""
+async def _push_to_children(session: AsyncSession, *touched: str) -> list[uuid.UUID]:
+    """A change to our `system.*` policies goes to every managed child: requested with the change."""
     if not any(patterns.is_system(p) for p in touched):
-        return
+        return []
     from hub.federation.policies import jobs as policies_jobs  # jobs → cascade → this module
 
-    await policies_jobs.enqueue_cascade(runtime.primary_queue(), peer_ids=await managed_children(session))
+    return await policies_jobs.request_cascade(session, peer_ids=await managed_children(session))
 
 
 async def create(
@@ -157,8 +158,9 @@ async def create(
         target=str(policy.id),
         details={"action_pattern": policy.action_pattern, "decision": policy.decision},
     )
+    pushes = await _push_to_children(session, policy.action_pattern)
     await session.commit()
-    await _push_to_children(session, runtime, policy.action_pattern)
+    await outbox_service.dispatch_now(runtime, pushes)
     return policy
 
 
@@ -188,8 +190,9 @@ async def update_policy(
     await audit_service.record(
         session, actor=actor, action="intervention_policy.update", target=str(policy.id), details=changes
     )
+    pushes = await _push_to_children(session, before, policy.action_pattern)
     await session.commit()
-    await _push_to_children(session, runtime, before, policy.action_pattern)
+    await outbox_service.dispatch_now(runtime, pushes)
     return policy
 
 
@@ -207,9 +210,9 @@ async def delete_policy(
         target=str(policy.id),
         details={"action_pattern": policy.action_pattern, "origin": policy.origin},
     )
+    pushes = await _push_to_children(session, policy.action_pattern) if policy.origin == "local" else []
     await session.commit()
-    if policy.origin == "local":
-        await _push_to_children(session, runtime, policy.action_pattern)
+    await outbox_service.dispatch_now(runtime, pushes)
     return policy
 
 

@@ -199,7 +199,7 @@ async def test_vault_down_means_error_and_a_finding_until_a_retry_succeeds(
     assert last_try["state"] == "error"
     assert retry.status_code == 202, retry.text
     assert retry.json()["data"]["cluster_pg"]["state"] == "error"
-    assert retry.json()["data"]["job_id"].startswith(f"{jobs.SETUP_JOB}:{child.id}:retry:")
+    assert retry.json()["data"]["job_id"].startswith("outbox:")
     assert ran.failed == 0
     ready = await cluster_pg(primary, child)
     assert ready["state"] == "ready" and "reason" not in ready and "failed_at" not in ready

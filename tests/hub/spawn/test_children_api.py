@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from hub.database import utcnow
 from hub.federation.peers.models import FederationPeer
 from hub.provisioning.models import NodeInstance
 from shared_contract.payload import read_fw_cfg_tree
@@ -84,6 +85,13 @@ async def test_rotate_token_restages_the_payload_and_only_while_proposed(client,
     assert staged.acceptance_token == new_token != data["acceptance_token"]
     accept = await client.post(ACCEPT, json={"acceptance_token": new_token, "contract_version": 1})
     assert accept.status_code == 200
+    async with runtime.sessionmaker() as session:  # the child went on: it enrolled
+        await session.execute(
+            update(FederationPeer)
+            .where(FederationPeer.id == child_id)
+            .values(status="enrolled", enrolled_at=utcnow())
+        )
+        await session.commit()
     again = await client.post(f"{CHILDREN}/{child_id}/rotate_token", headers=headers)
     assert again.status_code == 409 and "only be rotated while proposed" in again.json()["error"]
 
