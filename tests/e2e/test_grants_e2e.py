@@ -409,6 +409,24 @@ def _emancipate_then_revoke_mutually(parent: Hub, emancipating: Child) -> None:
     assert parent.child(emancipating.id)["status"] == "active"
 
 
+def test_a_grant_the_parent_gives_up_is_refused_by_the_child(parent, children, parent_certificate):
+    """Issue 11 #6: the parent revokes the grant it holds; the child is told (through the outbox)
+    and refuses that bearer from then on, even with the parent's own certificate."""
+    child = children["revoked_by_parent"]
+    bearer = held_bearer(parent, child)
+    [held] = data(parent.api("GET", f"{FEDERATION}/grants", params={"peer_id": child.id}))["grants"]
+    call = {"cert": parent_certificate(child), "ca_file": str(child.data_dir / "tls" / "ca.crt")}
+    before = mtls_call(child.federation_url, "GET", "/peer", bearer=bearer, **call)
+
+    data(parent.api("POST", f"{FEDERATION}/grants/{held['id']}/revoke", json={"reason": "handing over"}))
+
+    assert before.status_code == 200
+    eventually(lambda: child.data("GET", f"{FEDERATION}/grants")["grants"][0]["state"] == "revoked")
+    after = mtls_call(child.federation_url, "GET", "/peer", bearer=bearer, **call)
+    assert after.status_code == 401 and after.json()["code"] == "GRANT_REVOKED"
+    eventually(lambda: parent.findings(state="open", kind="grant_revoke_undelivered") == [])
+
+
 def test_the_parent_revokes_a_child(parent, children):
     child = children["revoked_by_parent"]
     assert child.parent_row()["status"] == "active"

@@ -1,0 +1,236 @@
+"""Issue 12 #3, #4, #6 and issue 11 #6 with the faults injected for real: a worker killed -9 in
+the middle of a replica setup, Redis stopped while a spawn commits, a peer that refuses connections.
+
+Every test here runs on its own Redis (so it can be stopped) and with a short outbox lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from hub.config import FederationSettings, OutboxSettings, Settings
+from hub.embedded.process import free_port
+from hub.embedded.redis import RedisServer
+from hub.federation.findings.jobs import federation_findings_sweep
+from hub.localhub import hub_command, hub_env
+from hub.outbox.jobs import relay_loop
+from hub.replication.credentials import PREFIX
+from hub.replication.jobs import replication_slot_janitor
+from tests.hub.helpers import make_csr
+from tests.hub.replication.conftest import (
+    CHILDREN,
+    FEDERATION_API,
+    cluster_pg,
+    read_secret,
+    roles_named,
+    slots_named,
+)
+
+API = "/api/v1"
+LEASE = 2.0
+
+
+@pytest.fixture
+def own_redis(scratch_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(scratch_dir / "redis", appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(own_redis: RedisServer) -> str:
+    return own_redis.url(0)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "federation": FederationSettings(trusted_proxies=["127.0.0.1/32"], stuck_seconds=0.1),
+            "outbox": OutboxSettings(lease_seconds=LEASE, poll_seconds=0.2, failing_after_attempts=1),
+        }
+    )
+
+
+async def until(check: Any, timeout: float = 60.0) -> Any:
+    """The first truthy value of `await check()` within `timeout` seconds; fails otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, f"{check} never held"
+        await asyncio.sleep(0.2)
+
+
+def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    """`powernode-hub worker` as its own process group, on this test's database, Redis and Vault."""
+    env = hub_env(
+        {
+            "DATABASE_URL": settings.database_url(),
+            "REDIS_URL": settings.redis_url(),
+            "VAULT_ADDR": str(settings.vault.addr),
+            "VAULT_TOKEN": settings.vault.token.get_secret_value() if settings.vault.token else "",
+            "POWERNODE_DATA_DIR": str(settings.data_dir),
+            "POWERNODE_OUTBOX_LEASE_SECONDS": str(LEASE),
+            "POWERNODE_OUTBOX_POLL_SECONDS": "0.2",
+            "POWERNODE_FEDERATION_HEARTBEAT_INTERVAL_SECONDS": "3600",
+        }
+    )
+    command = [*hub_command(), "worker", "--metrics-port", str(free_port())]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def kill_9(worker: subprocess.Popen[bytes]) -> None:
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(30)
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            kill_9(worker)
+
+
+async def open_entries(primary: asyncpg.Connection, peer_id: Any) -> int:
+    return await primary.fetchval(
+        "SELECT count(*) FROM job_outbox WHERE done_at IS NULL AND kwargs->>'peer_id' = $1", str(peer_id)
+    )
+
+
+async def test_a_setup_whose_worker_was_killed_resumes_within_seconds(
+    spawn, settings, primary, vault, database_url
+):
+    child = await spawn()  # the setup is recorded with the spawn and dispatched at once
+    lock = await asyncpg.connect(database_url)  # the member's lock: the setup will wait inside
+    hold = lock.transaction()
+    await hold.start()
+    await lock.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{PREFIX}{child.id}")
+    first = start_worker(settings)
+    try:
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        await until(lambda: primary.fetchval(waiting))
+        kill_9(first)  # in the middle of the setup, holding arq's lock on its job
+    finally:
+        stop(first)
+        await hold.rollback()
+        await lock.close()
+    second = start_worker(settings)
+    try:
+        # arq would keep the killed job locked for its whole timeout (5 min); the outbox lease is 2 s.
+        ready = await until(lambda: _ready(primary, child), timeout=45)
+    finally:
+        stop(second)
+
+    assert ready["state"] == "ready"
+    assert await slots_named(primary, child.names.slot) == 1
+    assert await roles_named(primary, child.names.role) == 1
+    assert read_secret(vault, child.names)["username"] == child.names.role
+    assert await open_entries(primary, child.id) == 0
+
+
+async def _ready(primary: asyncpg.Connection, child: Any) -> dict[str, Any] | None:
+    block = await cluster_pg(primary, child)
+    return block if block and block.get("state") == "ready" else None
+
+
+async def test_a_spawn_while_redis_is_down_is_set_up_once_it_is_back(
+    spawn, own_redis, runtime, primary, run_jobs
+):
+    own_redis.stop()
+    child = await spawn()  # answered: the setup waits in the outbox
+    waiting = await open_entries(primary, child.id)
+    relay = asyncio.create_task(relay_loop(runtime))
+    try:
+        await asyncio.sleep(0.5)  # the relay fails against the stopped Redis, and carries on
+        own_redis.start()
+        dispatched = "SELECT attempts FROM job_outbox WHERE kwargs->>'peer_id' = $1"
+        await until(lambda: primary.fetchval(dispatched, str(child.id)))
+    finally:
+        relay.cancel()
+    await run_jobs()
+
+    assert waiting == 1
+    assert (await cluster_pg(primary, child))["state"] == "ready"
+    assert await slots_named(primary, child.names.slot) == 1
+    assert await open_entries(primary, child.id) == 0
+
+
+async def test_a_grant_revoke_the_child_cannot_hear_is_retried_with_findings(
+    spawn, client, operator, runtime, primary, run_jobs
+):
+    """Issue 11 #6 and 12 #6: the child refuses connections; the notice waits with a finding."""
+    child = await spawn("managed_child")
+    accepted = await client.post(
+        f"{FEDERATION_API}/accept",
+        json={"acceptance_token": child.token, "contract_version": 1, "csr_pem": make_csr()[1]},
+    )
+    assert accepted.status_code == 200, accepted.text
+    closed = f"https://127.0.0.1:{free_port()}"  # nothing listens: every call is refused
+    await primary.execute(
+        "UPDATE federation_peer SET status = 'active', endpoints = $2::jsonb, "
+        "capabilities = jsonb_build_object('federation_ca_pem', $3::text) WHERE id = $1",
+        child.id,
+        json.dumps([{"scope": "federation", "url": closed}]),
+        runtime.ca.chain_pem,
+    )
+    grant_id = accepted.json()["data"]["grant"]["id"]
+
+    revoked = await client.post(f"{API}/system/federation/grants/{grant_id}/revoke", headers=operator)
+    await run_jobs()
+    await federation_findings_sweep({"runtime": runtime})
+
+    assert revoked.status_code == 200
+    undelivered = await primary.fetchrow(
+        "SELECT message FROM finding WHERE kind = 'grant_revoke_undelivered' AND resolved_at IS NULL"
+    )
+    assert "has not yet been told" in undelivered["message"]
+    failing = await primary.fetchrow(
+        "SELECT message, peer_id FROM finding WHERE kind = 'outbox_entry_failing' AND resolved_at IS NULL"
+    )
+    assert failing["peer_id"] == child.id and "federation_grant_revoke_notice" in failing["message"]
+    entry = await primary.fetchrow(
+        "SELECT attempts, done_at, available_at > now() AS later FROM job_outbox WHERE job = $1",
+        "federation_grant_revoke_notice",
+    )
+    assert entry["attempts"] == 1 and entry["done_at"] is None and entry["later"]
+
+
+async def test_stuck_children_get_findings_that_say_what_to_do(spawn, client, runtime, primary):
+    """12 #6: accepted and never enrolled; a cluster_member whose setup never ran."""
+    member = await spawn()  # nobody runs its setup
+    stuck = await spawn("autonomous_peer")
+    accepted = await client.post(
+        f"{FEDERATION_API}/accept", json={"acceptance_token": stuck.token, "contract_version": 1}
+    )
+    assert accepted.status_code == 200
+    await primary.execute("UPDATE federation_peer SET accepted_at = now() - interval '1 hour'")
+    await primary.execute("UPDATE federation_peer SET created_at = now() - interval '1 hour'")
+
+    await federation_findings_sweep({"runtime": runtime})
+    await replication_slot_janitor({"runtime": runtime})
+
+    findings = {
+        row["kind"]: row
+        for row in await primary.fetch("SELECT kind, peer_id, message FROM finding WHERE resolved_at IS NULL")
+    }
+    never = findings["peer_accepted_never_enrolled"]
+    assert never["peer_id"] == stuck.id and f"{CHILDREN}/{stuck.id}/rotate_token" in never["message"]
+    stalled = findings["cluster_pg_setup_stalled"]
+    assert stalled["peer_id"] == member.id and "replication/retry" in stalled["message"]
