@@ -13,7 +13,8 @@ from hub.database import Base, now_column, uuid_pk
 
 
 class OutboxEntry(Base):
-    """One job of the transactional outbox; `done_at` is set once it ran to the end.
+    """One job of the transactional outbox; `done_at` is set once it ran to the end (an open entry,
+    `done_at IS NULL`, is work still due or under way).
 
     `available_at` is when the relay may (re)dispatch it: after a dispatch, the lease; after a
     failure, the backoff. `requested_at` moves when the same work is asked for again while the
@@ -31,7 +32,7 @@ class OutboxEntry(Base):
     requested_at: Mapped[datetime] = now_column()
     available_at: Mapped[datetime] = now_column()
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
-    dispatched_at: Mapped[datetime | None]
+    last_dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(String(1000))
     done_at: Mapped[datetime | None]

@@ -117,7 +117,7 @@ async def dispatch(runtime: HubRuntime, *, ids: list[uuid.UUID] | None = None) -
                 .where(OutboxEntry.id.in_([e.id for e in entries]))
                 .values(
                     attempts=OutboxEntry.attempts + 1,
-                    dispatched_at=func.clock_timestamp(),
+                    last_dispatched_at=func.clock_timestamp(),
                     available_at=_after(lease),
                 )
             )

@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("requested_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("available_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_dispatched_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_error", sa.String(length=1000), nullable=True),
         sa.Column("done_at", sa.DateTime(timezone=True), nullable=True),
