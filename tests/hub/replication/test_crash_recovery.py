@@ -11,11 +11,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import hvac
 import pytest
 
 from hub.config import FederationSettings, OutboxSettings, Settings
@@ -76,7 +78,18 @@ async def until(check: Any, timeout: float = 60.0) -> Any:
 
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     """`powernode-hub worker` as its own process group, on this test's database, Redis and Vault."""
-    env = hub_env(
+    command = [*hub_command(), "worker", "--metrics-port", str(free_port())]
+    return subprocess.Popen(
+        command,
+        env=env_of(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    return hub_env(
         {
             "DATABASE_URL": settings.database_url(),
             "REDIS_URL": settings.redis_url(),
@@ -87,10 +100,6 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
             "POWERNODE_OUTBOX_POLL_SECONDS": "0.2",
             "POWERNODE_FEDERATION_HEARTBEAT_INTERVAL_SECONDS": "3600",
         }
-    )
-    command = [*hub_command(), "worker", "--metrics-port", str(free_port())]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
 
 
@@ -135,6 +144,7 @@ async def test_a_setup_whose_worker_was_killed_resumes_within_seconds(
     try:
         # arq would keep the killed job locked for its whole timeout (5 min); the outbox lease is 2 s.
         ready = await until(lambda: _ready(primary, child), timeout=45)
+        await until(lambda: _closed(primary, child))  # the job closes its entry once it returned
     finally:
         stop(second)
 
@@ -142,7 +152,10 @@ async def test_a_setup_whose_worker_was_killed_resumes_within_seconds(
     assert await slots_named(primary, child.names.slot) == 1
     assert await roles_named(primary, child.names.role) == 1
     assert read_secret(vault, child.names)["username"] == child.names.role
-    assert await open_entries(primary, child.id) == 0
+
+
+async def _closed(primary: asyncpg.Connection, child: Any) -> bool:
+    return await open_entries(primary, child.id) == 0
 
 
 async def _ready(primary: asyncpg.Connection, child: Any) -> dict[str, Any] | None:
@@ -234,3 +247,60 @@ async def test_stuck_children_get_findings_that_say_what_to_do(spawn, client, ru
     assert never["peer_id"] == stuck.id and f"{CHILDREN}/{stuck.id}/rotate_token" in never["message"]
     stalled = findings["cluster_pg_setup_stalled"]
     assert stalled["peer_id"] == member.id and "replication/retry" in stalled["message"]
+
+
+# A spawn of a managed_child, in its own process, up to the moment after it stored the bearer the
+# parent will hold and before its own commit: there it is killed.
+SPAWN_UNTIL_THE_BEARER_IS_STORED = """
+import asyncio
+from hub.config import Settings
+from hub.federation.accept import service
+from hub.runtime import HubRuntime
+
+async def main():
+    runtime = await HubRuntime.open(Settings())
+    prepared = await service.prepare_held_grant(runtime)
+    print(prepared["held_grant_id"], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_spawn_killed_after_storing_its_bearer_leaves_no_secret(
+    settings, runtime, vault, primary, run_jobs
+):
+    """12 #3: kill -9 between the secret store and the spawn's commit; the orphan goes by itself."""
+    spawning = subprocess.Popen(
+        [sys.executable, "-c", SPAWN_UNTIL_THE_BEARER_IS_STORED],
+        env=env_of(settings),
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert spawning.stdout is not None
+        grant_id = (await asyncio.to_thread(spawning.stdout.readline)).decode().strip()
+        stored = bearer_in(vault, grant_id)
+    finally:
+        kill_9(spawning)
+    relay = asyncio.create_task(relay_loop(runtime))
+    try:  # due one lease after it was recorded
+        dispatched = "SELECT attempts FROM job_outbox WHERE kwargs->>'grant_id' = $1"
+        await until(lambda: primary.fetchval(dispatched, grant_id))
+    finally:
+        relay.cancel()
+    await run_jobs()
+
+    assert stored is not None and stored["bearer"].startswith("pngb_")
+    assert bearer_in(vault, grant_id) is None
+    assert await primary.fetchval("SELECT count(*) FROM job_outbox WHERE done_at IS NULL") == 0
+
+
+def bearer_in(vault: Any, grant_id: str) -> dict[str, Any] | None:
+    try:
+        response = vault.secrets.kv.v2.read_secret_version(
+            path=f"federation_grant_bearer/{grant_id}", raise_on_deleted_version=False
+        )
+    except hvac.exceptions.InvalidPath:
+        return None
+    return response["data"]["data"]
