@@ -116,7 +116,8 @@ async def rotate_token(
     operator: Manager,
     request: Annotated[RotateTokenRequest | None, Body()] = None,
 ) -> dict:
-    """A new acceptance token (old one dead at once), payload re-injected; only while proposed."""
+    """A new acceptance token (old one dead at once), payload re-injected; while proposed, or accepted
+    and never enrolled (the child lost the accept's answer and starts over)."""
     result = await spawn_service.rotate_token(
         session,
         runtime=runtime,
