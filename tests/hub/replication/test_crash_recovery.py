@@ -26,13 +26,14 @@ from hub.embedded.redis import RedisServer
 from hub.federation.findings.jobs import federation_findings_sweep
 from hub.localhub import hub_command, hub_env
 from hub.outbox.jobs import relay_loop
-from hub.replication.credentials import PREFIX
+from hub.replication.credentials import PREFIX, ReplicaNames
 from hub.replication.jobs import replication_slot_janitor
 from tests.hub.helpers import make_csr
 from tests.hub.replication.conftest import (
     CHILDREN,
     FEDERATION_API,
     cluster_pg,
+    drop_replica,
     read_secret,
     roles_named,
     slots_named,
@@ -304,3 +305,80 @@ def bearer_in(vault: Any, grant_id: str) -> dict[str, Any] | None:
     except hvac.exceptions.InvalidPath:
         return None
     return response["data"]["data"]
+
+
+# A cluster_member spawn with a node, in its own process: it commits, then hangs on a frozen Redis
+# before its provisioner runs; there it is killed.
+SPAWN_A_MEMBER_WITH_A_NODE = """
+import asyncio, sys
+from hub.config import Settings
+from hub.runtime import HubRuntime
+from hub.spawn import service
+from hub.spawn.schemas import SpawnRequest
+
+async def main():
+    runtime = await HubRuntime.open(Settings())
+    print("open", flush=True)
+    sys.stdin.readline()
+    request = SpawnRequest.model_validate({
+        "spawn_mode": "cluster_member",
+        "parent_url": "http://hub.test",
+        "spawn_target": {"template_id": "powernode-hub-cluster-member"},
+    })
+    async with runtime.sessionmaker() as session:
+        await service.spawn(session, runtime=runtime, request=request, actor="test")
+    print("spawned", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_spawn_killed_between_its_commit_and_its_provisioner_converges(
+    settings, own_redis, runtime, primary, vault, run_jobs
+):
+    """12 #3: Redis frozen (SIGSTOP) right after the spawn committed, the process killed -9 there;
+    once Redis is back the node is provisioned with a new token and the replica set up, once."""
+    spawning = subprocess.Popen(
+        [sys.executable, "-c", SPAWN_A_MEMBER_WITH_A_NODE],
+        env=env_of(settings) | {"POWERNODE_PROVISIONER": "manual"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    redis_pid = own_redis.pid()
+    assert spawning.stdin is not None and spawning.stdout is not None and redis_pid is not None
+    try:
+        assert (await asyncio.to_thread(spawning.stdout.readline)).strip() == b"open"
+        os.kill(redis_pid, signal.SIGSTOP)
+        spawning.stdin.write(b"go\n")
+        spawning.stdin.flush()
+        peer = await until(lambda: primary.fetchrow("SELECT id, node_instance_id FROM federation_peer"))
+    finally:
+        kill_9(spawning)
+        os.kill(redis_pid, signal.SIGCONT)
+    first_token = await primary.fetchval("SELECT id FROM acceptance_token WHERE peer_id = $1", peer["id"])
+    names = ReplicaNames.of(peer["id"])
+    try:
+        relay = asyncio.create_task(relay_loop(runtime))
+        try:
+            node_state = "SELECT state FROM node_instance WHERE id = $1 AND state <> 'pending'"
+            while not await primary.fetchval(node_state, peer["node_instance_id"]):
+                await run_jobs()
+                await asyncio.sleep(0.2)
+            await until(lambda: primary.fetchval("SELECT count(*) = 0 FROM job_outbox WHERE done_at IS NULL"))
+        finally:
+            relay.cancel()
+
+        tokens = await primary.fetch(
+            "SELECT id, superseded_at FROM acceptance_token WHERE peer_id = $1", peer["id"]
+        )
+        block = json.loads(await primary.fetchval("SELECT metadata->'cluster_pg' FROM federation_peer"))
+        assert await primary.fetchval(node_state, peer["node_instance_id"]) == "staged"
+        assert [t["id"] for t in tokens if t["superseded_at"] is None] != [first_token]
+        assert len([t for t in tokens if t["superseded_at"] is None]) == 1
+        assert block["state"] == "ready"
+        assert await slots_named(primary, names.slot) == 1
+        assert await roles_named(primary, names.role) == 1
+        assert read_secret(vault, names) is not None
+    finally:
+        await drop_replica(primary, names)
