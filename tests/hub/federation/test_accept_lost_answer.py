@@ -16,16 +16,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hub.config import FederationSettings, Settings
 from hub.federation.findings.jobs import federation_findings_sweep
 from hub.federation.peers.models import FederationPeer
-from hub.main import create_app
-from hub.supervision.serve import bind_listener
-from tests.harness.mtls import _Server, federation_listener, peer_client
+from tests.harness.listeners import api_listener, federation_listener, peer_client
 from tests.hub.federation.test_superseded_certificate import ENROLL, csr_for
 from tests.hub.helpers import CHILDREN, operator_headers, spawn
 
@@ -46,20 +43,8 @@ async def listener(settings, runtime) -> AsyncIterator[str]:
 @pytest.fixture
 async def api(settings, runtime) -> AsyncIterator[str]:
     """The hub's plain HTTP API served in-process (behind a TLS proxy in production)."""
-    sock = bind_listener("127.0.0.1", 0)
-    server = _Server(uvicorn.Config(create_app(settings, runtime), log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(60):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with api_listener(settings, runtime) as url:
+        yield url
 
 
 @pytest.fixture
