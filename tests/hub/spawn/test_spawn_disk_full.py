@@ -88,7 +88,8 @@ async def test_a_full_disk_fails_the_spawn_whole_and_readyz_says_so(settings, sm
 async def test_a_secret_that_cannot_be_written_leaves_no_child(settings, small_disk):
     if small_disk is None:
         return
-    local_store = settings.model_copy(update={"data_dir": small_disk / "data", "vault": VaultSettings()})
+    no_vault = VaultSettings(addr=None, token=None)  # the local store, whatever VAULT_ADDR says
+    local_store = settings.model_copy(update={"data_dir": small_disk / "data", "vault": no_vault})
     async with hub_on(local_store) as (runtime, client):
         headers = await operator_headers(runtime)
         peers, nodes = await count(runtime, FederationPeer), await count(runtime, NodeInstance)
