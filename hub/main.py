@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from hub import api, console, guard
+from hub import api, console, guard, openapi_links
 from hub.config import Settings, get_settings
 from hub.exceptions import HubError
 from hub.federation.peering import router as peering_router
@@ -108,6 +109,12 @@ class HubApp(FastAPI):
 
     async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
         await peering_router.heartbeat(self.state.runtime, scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, plus the links from the operations that return ids to those taking them."""
+        if self.openapi_schema is None:
+            openapi_links.add_links(super().openapi())
+        return super().openapi()
 
 
 def create_app(settings: Settings | None = None, runtime: HubRuntime | None = None) -> FastAPI:
