@@ -1,6 +1,7 @@
 """first-run against real HTTPS endpoints: CA pinning, retries with backoff, final answers, the key."""
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,21 +93,30 @@ def test_an_unreachable_parent_is_retried_until_max_wait(tmp_path: Path, parent_
     assert done.returncode == 1
     line = assert_one_error_line(done, "gave up after", "Connection refused")
     assert len(_attempt_lines(done.stdout)) >= 3, done.stdout
-    assert 2.5 < elapsed < 20, line
+    assert elapsed > 2.5, line  # it kept trying until max-wait...
+    assert re.search(r"attempts in [34]s", line), line  # ...and then gave up, by its own clock
 
 
 def test_a_parent_that_comes_up_late_is_reached(tmp_path: Path, parent_ca: ThrowawayCA) -> None:
     port = free_port()
     root = _fw_cfg(tmp_path, port, parent_ca)
     state = tmp_path / "state"
-    agent = start_agent("first-run", "--fw-cfg-root", root, "--state-dir", state, "--max-wait", "20")
+    agent = start_agent("first-run", "--fw-cfg-root", root, "--state-dir", state, "--max-wait", "60")
     try:
-        time.sleep(1.5)
+        # The parent comes up only after the agent has found it down once (however slow the
+        # machine is to start the agent): no sleep to guess at.
+        assert agent.stdout is not None
+        before = []
+        for line in agent.stdout:
+            before.append(line)
+            if _attempt_lines(line):
+                break
         late = TlsEndpoint(parent_ca.server_files(tmp_path), port).start()
         try:
-            stdout, stderr = agent.communicate(timeout=60)
+            rest, stderr = agent.communicate(timeout=120)
         finally:
             late.stop()
+        stdout = "".join(before) + rest
     finally:
         if agent.poll() is None:
             agent.kill()
