@@ -34,11 +34,14 @@ if shutil.which("qemu-system-x86_64") is None or KERNEL is None or not guest.BUS
     )
 pytestmark = pytest.mark.qemu
 GUEST_TIMEOUT = 1500.0  # TCG, 2 shared cores: a bound for a hang, not an expectation
+# An emulated child on a busy host heartbeats every several seconds whatever its interval says: a
+# stale threshold of a few seconds would flap it active ⇄ degraded.
+GUEST_PARENT_ENV = {"POWERNODE_PROVISIONER": "qemu", "POWERNODE_FEDERATION_HEARTBEAT_STALE_SECONDS": "300"}
 
 
 @pytest.fixture(scope="module")
 def parent(harness_dir: Path) -> Iterator[Hub]:
-    hub = Hub(harness_dir / "parent-qemu").start({"POWERNODE_PROVISIONER": "qemu"})
+    hub = Hub(harness_dir / "parent-qemu").start(GUEST_PARENT_ENV)
     try:
         yield hub
     finally:
@@ -64,9 +67,10 @@ def work_dir(child: dict[str, Any]) -> Path:
 def wait_active(parent: Hub, child_id: str) -> dict[str, Any]:
     try:
         return parent.wait_for(child_id, "active", timeout=GUEST_TIMEOUT)
-    except RuntimeError:
+    except RuntimeError as e:
         console = cli(parent, "children", "console", child_id, "--lines", "60").stdout
-        raise AssertionError(f"the guest's child never became active; its console:\n{console}") from None
+        stayed = str(e).splitlines()[0]
+        raise AssertionError(f"{stayed}; the guest's console:\n{console}") from None
 
 
 def wait_next_heartbeat(parent: Hub, child: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +173,7 @@ def test_reinject_on_a_running_then_a_stopped_guest_and_a_parent_restart_reattac
     running = guest_pid(node / PIDFILE)
     assert running is not None  # the guest outlives the parent
     restarted = Hub(parent.data_dir, port=parent.port, federation_port=parent.federation_port)
-    restarted.start({"POWERNODE_PROVISIONER": "qemu"})
+    restarted.start(GUEST_PARENT_ENV)
     parent.process = restarted.process
     after = wait_next_heartbeat(parent, parent.child(child_id))
     assert after["status"] == "active" and after["node_instance"]["state"] == "running"
