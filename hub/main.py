@@ -21,10 +21,13 @@ from starlette.types import Receive, Scope, Send
 
 from hub import api, console, guard, openapi_links
 from hub.config import Settings, get_settings
+from hub.dependencies import require
+from hub.edge import Edge
 from hub.exceptions import HubError
 from hub.federation.peering import router as peering_router
 from hub.observability import scrape
 from hub.observability.context import RequestContextMiddleware
+from hub.operators.permissions import METRICS_READ
 from hub.runtime import HubRuntime
 from hub.wire import error_body
 
@@ -94,10 +97,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class HubApp(FastAPI):
-    """FastAPI, except that heartbeats skip the middleware stack and the router: at 10k/s those
-    cost more than the heartbeat itself (DESIGN §8)."""
+    """FastAPI behind the hub's edge (hub/edge.py: listener, proxy trust, body limits), except that
+    heartbeats skip the middleware stack and the router: at 10k/s those cost more than the
+    heartbeat itself (DESIGN §8)."""
+
+    edge: Edge | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.edge is not None:
+            await self.edge(scope, receive, send)
+        else:
+            await self.dispatch(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["path"] == peering_router.HEARTBEAT_PATH
@@ -131,7 +143,21 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
             if owned:
                 await app.state.runtime.close()
 
-    app = HubApp(title="Powernode Spawn hub", version="0.1.0", lifespan=lifespan)
+    docs = settings.api_docs_enabled
+    app = HubApp(
+        title="Powernode Spawn hub",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.edge = Edge(
+        app.dispatch,
+        trusted_proxies=settings.federation.trusted_proxies,
+        max_body_bytes=settings.max_body_bytes,
+        federation_max_body_bytes=settings.federation.max_body_bytes,
+    )
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)
@@ -176,7 +202,11 @@ def create_app(settings: Settings | None = None, runtime: HubRuntime | None = No
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        """Prometheus text format: this process's counters and the database's gauges, read now."""
+        """Prometheus text format: this process's counters and the database's gauges, read now.
+        With POWERNODE_METRICS_REQUIRE_TOKEN (the production default) only for an operator token
+        carrying system.metrics.read."""
+        if settings.metrics_token_required:
+            await require(METRICS_READ)(request, request.app.state.runtime)
         body = await scrape.render(request.app.state.runtime)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -11,6 +11,8 @@ FINDINGS_READ = "system.federation.findings.read"
 POLICIES_READ = "system.intervention_policies.read"
 POLICIES_MANAGE = "system.intervention_policies.manage"
 PEERS_MANAGE = "system.federation.peers.manage"
+METRICS_READ = "system.metrics.read"
+OPERATOR_TOKENS_MANAGE = "system.operator_tokens.manage"
 
 ALL_PERMISSIONS: list[str] = [
     CHILDREN_READ,
@@ -22,6 +24,8 @@ ALL_PERMISSIONS: list[str] = [
     POLICIES_READ,
     POLICIES_MANAGE,
     PEERS_MANAGE,
+    METRICS_READ,
+    OPERATOR_TOKENS_MANAGE,
 ]
-VIEWER_PERMISSIONS: list[str] = [CHILDREN_READ, GRANTS_READ, FINDINGS_READ, POLICIES_READ]
+VIEWER_PERMISSIONS: list[str] = [CHILDREN_READ, GRANTS_READ, FINDINGS_READ, POLICIES_READ, METRICS_READ]
 ROLES: dict[str, list[str]] = {"viewer": VIEWER_PERMISSIONS, "operator": ALL_PERMISSIONS}

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from hub import edge
 from hub.config import Settings
 from hub.embedded.process import write_private
 from hub.federation import member
@@ -44,7 +45,7 @@ def write_tls_files(runtime: HubRuntime, settings: Settings) -> tuple[Path, Path
 def uvicorn_config(app: Any, runtime: HubRuntime, settings: Settings) -> uvicorn.Config:
     ca_file, cert_file, key_file = write_tls_files(runtime, settings)
     return uvicorn.Config(
-        app,
+        edge.federation_listener(app),  # the federation API only (hub/edge.py)
         log_level=settings.log_level.lower(),
         lifespan="off",
         http=ClientCertHttpToolsProtocol,
@@ -53,4 +54,5 @@ def uvicorn_config(app: Any, runtime: HubRuntime, settings: Settings) -> uvicorn
         ssl_ca_certs=str(ca_file),
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
         timeout_graceful_shutdown=10,
+        proxy_headers=False,
     )

@@ -203,6 +203,7 @@ async def _serve(
             log_level=settings.log_level.lower(),
             lifespan="on",
             timeout_graceful_shutdown=10,
+            proxy_headers=False,  # hub/edge.py believes X-Forwarded-For only from trusted proxies
         )
         api = _ApiServer(config)
         with exclusive_lock(settings.data_dir / "tls.lock"):  # API processes share the data dir's files

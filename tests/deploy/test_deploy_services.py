@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hub.config import FederationSettings
 from hub.embedded.privileges import server_user
 from hub.federation.peering.auth import identify
 from hub.secrets import ca as ca_service
@@ -376,10 +377,14 @@ def test_traefik_forwards_the_verified_peer_cn_and_nothing_a_client_forged(traef
 def test_the_hub_identifies_the_peer_from_traefiks_header(traefik_run):
     identity = identify(
         tls_chain=None,
-        headers={
-            "x-forwarded-tls-client-cert-info": traefik_run.with_peer_cert["X-Forwarded-Tls-Client-Cert-Info"]
-        },
-        client_host="172.30.53.10",
+        headers=[
+            (
+                "x-forwarded-tls-client-cert-info",
+                traefik_run.with_peer_cert["X-Forwarded-Tls-Client-Cert-Info"],
+            )
+        ],
+        socket_peer="172.30.53.10",
         trusted_proxies=["172.30.53.10"],
+        cert_header=FederationSettings().client_cert_header,  # the default is Traefik's header
     )
     assert identity.peer_id == traefik_run.peer_id

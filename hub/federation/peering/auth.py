@@ -1,29 +1,28 @@
 """Who is calling the federation API: a peer identified by its client certificate (DESIGN §5).
 
 Either the hub terminated TLS itself (the certificate is in the ASGI TLS extension and must be
-the one we signed for that peer), or a trusted proxy did and forwards the subject CN in a header,
-which is believed only from the configured proxy addresses.
+the one we signed for that peer), or a trusted proxy did and forwards the subject CN in one header
+(POWERNODE_FEDERATION_CLIENT_CERT_HEADER), which is believed only when the TCP connection itself
+comes from a configured proxy address (never the X-Forwarded-For address). Any other client-cert
+header is ignored; the configured one sent twice, or empty, is refused.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from hub.exceptions import Unauthorized
+from hub.edge import is_trusted_proxy
+from hub.exceptions import HubError, Unauthorized
 from hub.observability.context import binds_peer
 from hub.secrets.ca import PARENT_CN_PREFIX, PEER_CN_PREFIX, cert_fingerprint
 
-CN_HEADERS = ("x-client-s-dn-cn", "x-forwarded-tls-client-cert-subject")
-TRAEFIK_INFO_HEADER = "x-forwarded-tls-client-cert-info"
 _CN_IN_SUBJECT = re.compile(r'(?:^|[,;/"\s])CN=([^,;/"]+)')
 
 
@@ -39,19 +38,7 @@ class PeerIdentity:
         return f"PeerIdentity({self.peer_id}{', parent' if self.as_parent else ''})"
 
 
-@lru_cache(maxsize=64)
-def _networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
-
-
-def is_trusted_proxy(client_host: str | None, proxies: Iterable[str]) -> bool:
-    if not client_host:
-        return False
-    try:
-        address = ipaddress.ip_address(client_host)
-    except ValueError:
-        return False
-    return any(address in net for net in _networks(tuple(proxies)))
+__all__ = ["PeerIdentity", "from_certificate", "identify", "is_trusted_proxy"]
 
 
 def _first_subject(value: str) -> str:
@@ -98,21 +85,28 @@ def from_certificate(pem: str) -> PeerIdentity | None:
 def identify(
     *,
     tls_chain: list[str] | None,
-    headers: dict[str, str],
-    client_host: str | None,
+    headers: Iterable[tuple[str, str]],
+    socket_peer: str | None,
     trusted_proxies: Iterable[str],
+    cert_header: str,
 ) -> PeerIdentity:
-    """The calling peer, or 401: no certificate, a certificate not for a peer, an untrusted header."""
+    """The calling peer, or 401: no certificate, a certificate not for a peer, an untrusted header.
+    `headers` are all of the request's (name lower-cased), repeats included; `socket_peer` is the
+    address of the TCP connection."""
     if tls_chain:
         identity = from_certificate(tls_chain[0])
         if identity is not None:
             return identity
-    elif is_trusted_proxy(client_host, trusted_proxies):
-        for name in (*CN_HEADERS, TRAEFIK_INFO_HEADER):
-            value = headers.get(name)
-            identity = _identity_from_cn(_first_subject(unquote_plus(value))) if value else None
-            if identity is not None:
-                return identity
+    elif is_trusted_proxy(socket_peer, trusted_proxies):
+        wanted = cert_header.lower()
+        values = [value for name, value in headers if name == wanted]
+        if len(values) > 1 or (values and not values[0].strip()):
+            raise HubError(
+                f"The {cert_header} header must be sent once and not empty", code="AMBIGUOUS_CLIENT_CERT"
+            )
+        identity = _identity_from_cn(_first_subject(unquote_plus(values[0]))) if values else None
+        if identity is not None:
+            return identity
     raise Unauthorized("A valid peer client certificate is required")
 
 

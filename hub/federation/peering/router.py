@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from hub import edge
 from hub.dependencies import RuntimeDep, SessionDep
 from hub.exceptions import HubError, ServiceUnavailable, Unauthorized, Unprocessable
 from hub.federation import peering
@@ -37,12 +38,17 @@ MAX_HEARTBEAT_BODY = 16 * 1024
 
 def peer_identity(request: Request) -> auth.PeerIdentity:
     runtime: HubRuntime = request.app.state.runtime
-    tls = request.scope.get("extensions", {}).get("tls") or {}
+    return _identify(runtime, request.scope)
+
+
+def _identify(runtime: HubRuntime, scope: Scope) -> auth.PeerIdentity:
+    tls = scope.get("extensions", {}).get("tls") or {}
     return auth.identify(
         tls_chain=tls.get("client_cert_chain"),
-        headers={k: v for k, v in request.headers.items()},
-        client_host=request.client.host if request.client else None,
+        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
+        socket_peer=edge.socket_peer(scope),
         trusted_proxies=runtime.settings.federation.trusted_proxies,
+        cert_header=runtime.settings.federation.client_cert_header,
     )
 
 
@@ -236,14 +242,7 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _beat(runtime: HubRuntime, scope: Scope, receive: Receive) -> dict:
-    tls = scope.get("extensions", {}).get("tls") or {}
-    client = scope.get("client")
-    identity = auth.identify(
-        tls_chain=tls.get("client_cert_chain"),
-        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
-        client_host=client[0] if client else None,
-        trusted_proxies=runtime.settings.federation.trusted_proxies,
-    )
+    identity = _identify(runtime, scope)
     body = await _read_body(receive)
     reported = NOTHING_REPORTED
     if body.strip():

@@ -12,7 +12,13 @@ API = "/api/v1/system/federation_api"
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"federation": FederationSettings(trusted_proxies=["127.0.0.1/32"])})
+    return settings.model_copy(
+        update={
+            "federation": FederationSettings(
+                trusted_proxies=["127.0.0.1/32"], client_cert_header="X-Client-S-DN-CN"
+            )
+        }
+    )
 
 
 async def accepted_child(client, runtime) -> tuple[str, dict[str, str]]:

@@ -9,5 +9,7 @@ from hub.config import Settings
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    federation = settings.federation.model_copy(update={"trusted_proxies": ["127.0.0.1/32"]})
+    federation = settings.federation.model_copy(
+        update={"trusted_proxies": ["127.0.0.1/32"], "client_cert_header": "X-Client-S-DN-CN"}
+    )
     return settings.model_copy(update={"federation": federation})

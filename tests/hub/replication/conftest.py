@@ -31,7 +31,13 @@ FEDERATION_API = f"{API}/system/federation_api"
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The ASGI test client calls from 127.0.0.1: trust it to forward a peer's certificate CN."""
-    return settings.model_copy(update={"federation": FederationSettings(trusted_proxies=["127.0.0.1/32"])})
+    return settings.model_copy(
+        update={
+            "federation": FederationSettings(
+                trusted_proxies=["127.0.0.1/32"], client_cert_header="X-Client-S-DN-CN"
+            )
+        }
+    )
 
 
 @pytest.fixture
