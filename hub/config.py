@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +73,9 @@ class FederationSettings(BaseSettings):
 
     model_config = _group("POWERNODE_FEDERATION_")
     trusted_proxies: list[str] = Field(default_factory=list)
+    # The one header a trusted proxy's client-certificate subject is read from (deploy/traefik).
+    client_cert_header: str = Field(default="X-Forwarded-Tls-Client-Cert-Info", min_length=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 << 20)
     heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     heartbeat_stale_seconds: float = Field(default=300.0, gt=0)
     findings_interval_seconds: float = Field(default=60.0, gt=0)
@@ -84,6 +90,15 @@ class FederationSettings(BaseSettings):
     call_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
     # A peer, node or member setup that has not moved on for this long gets a finding.
     stuck_seconds: float = Field(default=600.0, gt=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry.strip() == "*":
+                raise ValueError("'*' is not allowed: list the proxies' addresses or CIDRs")
+            ipaddress.ip_network(entry.strip(), strict=False)  # ValueError names the bad entry
+        return [entry.strip() for entry in value]
 
 
 class ReplicationSettings(BaseSettings):
@@ -128,6 +143,11 @@ class Settings(BaseSettings):
     first_run_result: Path | None = None
     # False on a cluster_member node: its hub lacks the privileges to manage roles and slots.
     primary_duties: bool = True
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+    # None: on in production, off in development.
+    metrics_require_token: bool | None = None
+    # None: served in development, not in production.
+    api_docs: bool | None = None
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -145,6 +165,16 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no external database is configured: the hub runs its own PostgreSQL and Redis."""
         return self.database.url is None
+
+    @property
+    def metrics_token_required(self) -> bool:
+        default = self.environment == "production"
+        return default if self.metrics_require_token is None else self.metrics_require_token
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        default = self.environment != "production"
+        return default if self.api_docs is None else self.api_docs
 
     def production_problems(self) -> list[str]:
         """Why this configuration must not run as POWERNODE_ENVIRONMENT=production; empty when it may."""
@@ -168,6 +198,28 @@ class Settings(BaseSettings):
         problems += [f"{name} is a placeholder" for name, value in secrets.items() if _placeholder(value)]
         problems += [
             f"the password in {name} is a placeholder" for name, url in urls.items() if _weak_url(url)
+        ]
+        weak = {name: v.get_secret_value() for name, v in secrets.items() if v and not _placeholder(v)}
+        weak |= {
+            f"the password in {name}": password
+            for name, url in urls.items()
+            if (password := _url_password(url)) is not None and not _weak_url(url)
+        }
+        problems += [
+            f"{name} is too weak (about {bits:.0f} bits, under {MIN_SECRET_BITS}: use `openssl rand -hex 32`)"
+            for name, value in weak.items()
+            if (bits := secret_strength_bits(value)) < MIN_SECRET_BITS
+        ]
+        redis_urls = {"REDIS_URL": self.redis.url, "REDIS_ADVERTISED_URL": self.redis.advertised_url}
+        problems += [
+            f"{name} has no password (Redis must require one)"
+            for name, url in redis_urls.items()
+            if url and _url_password(url) is None
+        ]
+        problems += [
+            f"POWERNODE_FEDERATION_TRUSTED_PROXIES must not contain {entry} (it trusts every address)"
+            for entry in self.federation.trusted_proxies
+            if ipaddress.ip_network(entry, strict=False).prefixlen == 0
         ]
         if self.vault.addr and self.vault.token is None:
             problems.append("VAULT_TOKEN is not set")
@@ -206,6 +258,44 @@ def primary_db(platform_url: str, configured: int | None = None) -> int:
     path = urlsplit(platform_url).path.strip("/")
     platform = int(path) if path.isdigit() else 0
     return platform + 1 if platform < 15 else platform - 1
+
+
+MIN_SECRET_BITS = 64
+
+
+def secret_strength_bits(value: str) -> float:
+    """A conservative estimate of a secret's entropy: the smaller of its length times the bits of
+    the character classes it draws from and its Shannon entropy (which punishes repeated
+    characters), of its shortest repeating unit ("abcabc" counts as "abc")."""
+    if not value:
+        return 0.0
+    value = next(
+        value[:p] for p in range(1, len(value) + 1) if (value[:p] * len(value))[: len(value)] == value
+    )
+    pool = sum(
+        size
+        for present, size in (
+            (any(c.islower() for c in value), 26),
+            (any(c.isupper() for c in value), 26),
+            (any(c.isdigit() for c in value), 10),
+            (any(not c.isalnum() for c in value), 33),
+        )
+        if present
+    )
+    counts = Counter(value).values()
+    shannon = -sum(n / len(value) * math.log2(n / len(value)) for n in counts) * len(value)
+    return max(0.0, min(len(value) * math.log2(max(pool, 2)), shannon))
+
+
+def _url_password(url: SecretStr | str | None) -> str | None:
+    text = url.get_secret_value() if isinstance(url, SecretStr) else url
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.password:
+        return parts.password
+    query = parse_qs(parts.query).get("password")
+    return query[0] if query else None
 
 
 def _placeholder(value: SecretStr | None) -> bool:

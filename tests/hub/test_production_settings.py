@@ -15,7 +15,7 @@ import pytest
 from child_agent.__main__ import build_parser as agent_parser
 from hub.cli import build_parser as hub_parser
 from hub.cli import environment_help
-from hub.config import Settings
+from hub.config import MIN_SECRET_BITS, Settings, secret_strength_bits
 from hub.localhub import hub_command, hub_env
 
 PREFIX = "powernode-hub: error: refusing to start with POWERNODE_ENVIRONMENT=production: "
@@ -56,6 +56,33 @@ REFUSALS: dict[str, tuple[dict[str, str | None], str]] = {
     "no public url": (
         {"POWERNODE_PUBLIC_URL": None},
         "POWERNODE_PUBLIC_URL must be an https:// URL (federation carries tokens)",
+    ),
+}
+# Issue 11 #13: each alone in-process, all at once under a real `serve` (one process, not six).
+MORE_REFUSALS: dict[str, tuple[dict[str, str | None], str]] = {
+    "trust every address ipv4": (
+        {"POWERNODE_FEDERATION_TRUSTED_PROXIES": '["10.0.0.10/32", "0.0.0.0/0"]'},
+        "POWERNODE_FEDERATION_TRUSTED_PROXIES must not contain 0.0.0.0/0 (it trusts every address)",
+    ),
+    "trust every address ipv6": (
+        {"POWERNODE_FEDERATION_TRUSTED_PROXIES": '["::/0"]'},
+        "POWERNODE_FEDERATION_TRUSTED_PROXIES must not contain ::/0 (it trusts every address)",
+    ),
+    "redis without a password": (
+        {"REDIS_URL": "redis://cache.internal:6379/0"},
+        "REDIS_URL has no password (Redis must require one)",
+    ),
+    "advertised redis without a password": (
+        {"REDIS_ADVERTISED_URL": "redis://10.0.0.5:6379/0"},
+        "REDIS_ADVERTISED_URL has no password (Redis must require one)",
+    ),
+    "low entropy vault token": (
+        {"VAULT_TOKEN": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
+        "VAULT_TOKEN is too weak (about 0 bits, under 64: use `openssl rand -hex 32`)",
+    ),
+    "short db password": (
+        {"DATABASE_URL": "postgresql://powernode:Tr0ub4dor@db:5432/powernode"},
+        "the password in DATABASE_URL is too weak (about 27 bits, under 64: use `openssl rand -hex 32`)",
     ),
 }
 COMMANDS = {"serve": ["serve", "--port", "1"], "worker": ["worker"]}
@@ -109,6 +136,62 @@ def test_production_refuses_to_start_with_one_clear_line(refusals, command, refu
     assert result.stderr == PREFIX + REFUSALS[refusal][1] + "\n"
     assert result.stdout == ""
     assert not data_dir.exists(), "nothing may be started or written before the refusal"
+
+
+@pytest.mark.parametrize("refusal", MORE_REFUSALS)
+def test_production_refuses_open_proxies_redis_without_password_and_weak_secrets(monkeypatch, refusal):
+    changes, problem = MORE_REFUSALS[refusal]
+    for name, value in _env(changes).items():
+        monkeypatch.setenv(name, value)
+
+    assert Settings(_env_file=None).production_problems() == [problem]
+
+
+def test_a_real_serve_names_all_of_them_and_starts_nothing(tmp_path):
+    changes = {k: v for changes, _ in MORE_REFUSALS.values() for k, v in changes.items()}
+    changes["POWERNODE_FEDERATION_TRUSTED_PROXIES"] = '["0.0.0.0/0", "::/0"]'
+    result = subprocess.run(
+        [*hub_command(), "serve", "--port", "1"],
+        env=_env(changes) | {"POWERNODE_DATA_DIR": str(tmp_path / "data")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(PREFIX)
+    named = result.stderr[len(PREFIX) :].strip().split("; ")
+    assert set(named) == {problem for _, problem in MORE_REFUSALS.values()}
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["Password123Password123", "abcabcabcabcabcabcabcabcabcabc", "hunter2", "0123456789012345"],
+)
+def test_weak_secrets_are_judged_by_entropy_not_a_list(secret):
+    assert secret_strength_bits(secret) < MIN_SECRET_BITS
+    assert secret_strength_bits(secrets.token_hex(16)) >= MIN_SECRET_BITS
+    assert secret_strength_bits(secrets.token_urlsafe(24)) >= MIN_SECRET_BITS
+
+
+def test_a_wildcard_trusted_proxy_is_refused_in_every_environment(tmp_path):
+    result = subprocess.run(
+        [*hub_command(), "serve", "--port", "1", "--data-dir", str(tmp_path / "data")],
+        env=hub_env({"POWERNODE_FEDERATION_TRUSTED_PROXIES": '["*"]'}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "powernode-hub: error: invalid setting trusted_proxies: Value error, "
+        "'*' is not allowed: list the proxies' addresses or CIDRs\n"
+    )
+    assert not (tmp_path / "data").exists()
 
 
 def test_every_problem_is_named_at_once(monkeypatch):
