@@ -11,6 +11,7 @@ from hub.federation.grants import router as grants_router
 from hub.federation.peering import router as peering_router
 from hub.federation.peers import router as peers_router
 from hub.federation.policies import router as policies_router
+from hub.operators import router as operators_router
 from hub.provisioning import router as templates_router
 from hub.replication import router as replication_router
 from hub.spawn import router as spawn_router
@@ -30,3 +31,4 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(replication_router.router, prefix=API_PREFIX)
     app.include_router(replication_router.federation_router, prefix=API_PREFIX)
     app.include_router(audit_router.router, prefix=API_PREFIX)
+    app.include_router(operators_router.router, prefix=API_PREFIX)

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings
 from hub import dbroles, migrate, operator_cli
 from hub.config import Settings, UnsafeProduction
 from hub.database import create_engine, create_sessionmaker, session_scope
-from hub.embedded.process import EmbeddedError
+from hub.embedded.process import PRIVATE_UMASK, EmbeddedError, harden_data_dir
 from hub.embedded.services import EmbeddedServices
 from hub.federation import bootstrap
 from hub.observability import logging as hub_logging
@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="who or what the token is for")
     create.add_argument("--permission", action="append", default=[], help="repeatable")
     create.add_argument("--role", choices=sorted(ROLES), help="a bundle: viewer or operator")
+    create.add_argument(
+        "--expires-in-days", type=int, metavar="D", help="the token stops working after D days (1-3650)"
+    )
     create.set_defaults(handler=_operator_token_create)
+    operator_cli.register_token_commands(token_sub)
 
     operator_cli.register(commands)
     return parser
@@ -163,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hub_logging.configure(
             level=settings.log_level, fmt=settings.log_format, secrets=secret_values(settings)
         )
+        # Nothing the hub, its servers or its children write is for other users (issue 11 #15).
+        os.umask(PRIVATE_UMASK)
+        harden_data_dir(settings.data_dir)
         handler(args, settings)
     except (StartupError, EmbeddedError, UnsafeProduction) as e:
         return _fail(str(e))
@@ -179,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str) -> int:
     first_line = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    print(f"powernode-hub: error: {hub_logging.REDACTOR.text(first_line)}", file=sys.stderr)
+    shown = operator_cli.printable(hub_logging.REDACTOR.text(first_line))
+    print(f"powernode-hub: error: {shown}", file=sys.stderr)
     return 1
 
 
@@ -213,7 +221,11 @@ def _operator_token_create(args: argparse.Namespace, settings: Settings) -> None
         try:
             async with session_scope(create_sessionmaker(runtime_engine)) as session:
                 _, plaintext = await operators_service.create_operator_token(
-                    session, name=args.name, permissions=args.permission, role=args.role
+                    session,
+                    name=args.name,
+                    permissions=args.permission,
+                    role=args.role,
+                    expires_in_days=args.expires_in_days,
                 )
         finally:
             await runtime_engine.dispose()

@@ -18,11 +18,22 @@ from typing import Any
 import httpx
 
 API = "/api/v1/system/federation"
+TOKENS_API = "/api/v1/system/operator_tokens"
 STATUS_ORDER = ("proposed", "accepted", "enrolled", "active")
 
 
 class CliError(Exception):
     """One line for the operator; the command exits non-zero."""
+
+
+def printable(value: Any, *, keep_newlines: bool = False) -> str:
+    """`value` as text that cannot drive the terminal: control, format (bidi) and separator
+    characters a peer may have put into a name, URL or platform name are shown escaped."""
+    text = "" if value is None else str(value)
+    return "".join(
+        c if c.isprintable() or (keep_newlines and c == "\n") else c.encode("unicode_escape").decode()
+        for c in text
+    )
 
 
 def _connection(args: argparse.Namespace) -> tuple[str, str]:
@@ -62,12 +73,12 @@ def _call(
     except ValueError:
         raise CliError(f"{method} {path}: HTTP {response.status_code} (not JSON)") from None
     if not payload.get("success"):
-        raise CliError(f"{payload.get('error', 'request failed')} (HTTP {response.status_code})")
+        raise CliError(f"{printable(payload.get('error', 'request failed'))} (HTTP {response.status_code})")
     return payload
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[printable(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -75,7 +86,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else human)
+    # JSON escapes every control character itself; people get the escaped text.
+    print(json.dumps(data, indent=2) if args.json else printable(human, keep_newlines=True))
 
 
 def _child_lines(child: dict[str, Any]) -> str:
@@ -106,7 +118,7 @@ def _child_lines(child: dict[str, Any]) -> str:
         lines.append(f"{'cluster_pg':>22}: {cluster_pg.get('state')} slot={cluster_pg.get('slot_name')}")
     for finding in child.get("findings", []):
         lines.append(f"{'finding':>22}: {finding['kind']}: {finding['message']}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # one line each, whatever a value holds
 
 
 def cmd_spawn(args: argparse.Namespace) -> None:
@@ -128,9 +140,9 @@ def cmd_spawn(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(f"Spawned {child['spawn_mode']} child {child['id']} ({child['status']})")
+        print(printable(f"Spawned {child['spawn_mode']} child {child['id']} ({child['status']})"))
         print("Acceptance token (shown ONCE; it cannot be retrieved again):")
-        print(f"  {data['acceptance_token']}")
+        print(f"  {printable(data['acceptance_token'])}")
     if args.wait:
         _wait_active(args, child["id"])
 
@@ -151,7 +163,7 @@ def _wait_active(args: argparse.Namespace, child_id: str, timeout: float = 900) 
         child = _call(args, "GET", f"{API}/children/{child_id}")["data"]["child"]
         if child["status"] != seen:
             seen = child["status"]
-            print(f"  {time.strftime('%H:%M:%S')}  {seen}", file=sys.stderr, flush=True)
+            print(f"  {time.strftime('%H:%M:%S')}  {printable(seen)}", file=sys.stderr, flush=True)
         if seen == "active":
             return
         if seen == "revoked":
@@ -175,7 +187,7 @@ def cmd_children_list(args: argparse.Namespace) -> None:
     children = payload["data"]["children"]
     human = _table(children, ["id", "name", "spawn_mode", "status", "last_heartbeat_at", "created_at"])
     if payload.get("meta", {}).get("next_cursor"):
-        human += f"\nmore: --cursor {payload['meta']['next_cursor']}"
+        human += f"\nmore: --cursor {printable(payload['meta']['next_cursor'])}"
     _print(args, payload["data"] | {"meta": payload.get("meta")}, human)
 
 
@@ -245,10 +257,38 @@ def cmd_grants_revoke(args: argparse.Namespace) -> None:
     _print(args, grant, f"Revoked grant {grant['id']} ({grant['state']}; kept until {grant['purge_after']})")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def cmd_tokens_list(args: argparse.Namespace) -> None:
+    tokens = _call(args, "GET", TOKENS_API)["data"]["tokens"]
+    columns = ["id", "name", "role", "state", "created_at", "last_used_at", "expires_at"]
+    _print(args, tokens, _table(tokens, columns))
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> None:
+    token = _call(args, "POST", f"{TOKENS_API}/{args.id}/revoke")["data"]["token"]
+    _print(args, token, f"Revoked operator token {token['id']} ({printable(token['name'])})")
+
+
+def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     common.add_argument("--data-dir", help="where `serve` wrote serve.json and operator-token")
+    return common
+
+
+def register_token_commands(token_sub: argparse._SubParsersAction) -> None:
+    """`operator-token list|revoke`, over the API like the other operator commands."""
+    common = _common()
+    ls = token_sub.add_parser(
+        "list", parents=[common], help="list operator tokens (never their secrets), with last use"
+    )
+    ls.set_defaults(func=cmd_tokens_list)
+    revoke = token_sub.add_parser("revoke", parents=[common], help="revoke an operator token at once")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_tokens_revoke)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = _common()
 
     spawn = sub.add_parser("spawn", parents=[common], help="spawn a child platform")
     spawn.add_argument(

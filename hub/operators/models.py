@@ -24,6 +24,7 @@ class OperatorToken(Base):
     created_at: Mapped[datetime] = now_column()
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"<OperatorToken {self.name} {self.public_id} {self.role}>"

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_FILE = "operator-token"
 StartHook = Callable[[HubRuntime], Awaitable[Any]]
+DATA_DIR_TOKEN_NAME = "embedded-default"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SHUTDOWN_SECONDS = 20.0  # uvicorn's graceful timeout (10 s) plus a worker's bounded stop
 
@@ -308,15 +309,18 @@ def _unreachable(error: BaseException) -> bool:
 
 
 async def _first_start_token(settings: Settings, runtime: HubRuntime) -> Path:
-    """Mint the operator token once; its file (0600) is written before the row commits."""
+    """Mint the operator token once; its file (0600) is written before the row commits. Deleting
+    the file rotates it: the next start mints a new one and revokes the old."""
     path = settings.data_dir / TOKEN_FILE
     if path.exists():
         return path
     try:
         async with session_scope(runtime.sessionmaker) as session:
-            _, plaintext = await operators_service.create_operator_token(
-                session, name="embedded-default", permissions=operators_service.ALL_PERMISSIONS
+            row, plaintext = await operators_service.create_operator_token(
+                session, name=DATA_DIR_TOKEN_NAME, permissions=operators_service.ALL_PERMISSIONS
             )
+            # A rotated data-dir token (its file deleted) takes its predecessors with it.
+            await operators_service.revoke_by_name(session, DATA_DIR_TOKEN_NAME, keep=row.id)
             write_private(path, plaintext + "\n")
     except BaseException:
         path.unlink(missing_ok=True)
