@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -225,3 +226,31 @@ def package_file(package: str, *parts: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedError(f"the {package} package is not installed")
     return Path(next(iter(spec.submodule_search_locations)), *parts)
+
+
+PRIVATE_UMASK = 0o077
+_SHARED_BITS = 0o066  # group/other read and write; search (x) may stay for the PostgreSQL user
+
+
+def harden_data_dir(data_dir: Path) -> int:
+    """Make nothing under the data dir group- or world-readable (or writable), whatever an older
+    version or another tool left there; new files are private through PRIVATE_UMASK. Returns how
+    many modes it changed. Symlinks are not followed."""
+    changed = 0
+    if not data_dir.exists():
+        return changed
+    for root, dirs, files in os.walk(data_dir):
+        for path in [Path(root)] + [Path(root) / name for name in (*dirs, *files)]:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:  # a server removed it while we walked
+                continue
+            mode = info.st_mode & 0o7777
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)) or not mode & _SHARED_BITS:
+                continue  # symlinks are not followed; a live server's socket is its own business
+            try:
+                os.chmod(path, mode & ~_SHARED_BITS)
+                changed += 1
+            except (FileNotFoundError, PermissionError):
+                continue
+    return changed

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from hub.config import Settings
-from hub.embedded.process import free_port, pid_alive, wait_until
+from hub.embedded.process import free_port, harden_data_dir, pid_alive, wait_until
 from hub.provisioning.base import NodeSpec, ProvisionResult, TemplateSpec
+from shared_contract._files import make_private_dirs
 from shared_contract.payload import SpawnPayload, write_fw_cfg_tree
 
 # What a child inherits from its parent's environment: tuning, never the parent's services.
@@ -51,7 +52,8 @@ class LocalProvisioner:
     async def provision(
         self, *, node: NodeSpec, template: TemplateSpec, payload: SpawnPayload
     ) -> ProvisionResult:
-        node.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(node.work_dir)  # nodes/ too, not only the node's own directory
+        node.work_dir.chmod(0o700)
         write_fw_cfg_tree(payload, node.work_dir / "by_name")
         return self._boot(node, payload)
 
@@ -72,7 +74,9 @@ class LocalProvisioner:
             payload.spawn_mode,
         ]
         console = node.work_dir / "console.log"
-        with console.open("ab") as log:
+        fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # an older console.log keeps its mode otherwise
+        with os.fdopen(fd, "ab") as log:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -98,6 +102,7 @@ class LocalProvisioner:
         """fw_cfg is read at boot: restage the tree, then reboot the "VM" so the agent reads it."""
         self._halt(node)
         write_fw_cfg_tree(payload, node.work_dir / "by_name")
+        harden_data_dir(node.work_dir / "by_name")
         return self._boot(node, payload)
 
     async def status(self, *, node: NodeSpec) -> str:

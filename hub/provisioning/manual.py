@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+from hub.embedded.process import harden_data_dir
 from hub.provisioning.base import NodeSpec, ProvisionResult, TemplateSpec
+from shared_contract._files import write_private
 from shared_contract.payload import SpawnPayload, stage_qemu_files, write_fw_cfg_tree
 
 
@@ -23,8 +25,8 @@ class ManualProvisioner:
         staged = stage_qemu_files(payload, node.work_dir / "fw_cfg")
         write_fw_cfg_tree(payload, node.work_dir / "by_name")
         payload_file = node.work_dir / "federation-payload.json"
-        payload_file.touch(mode=0o600)
-        payload_file.write_text(payload.to_json())
+        write_private(payload_file, payload.to_json().encode())  # 0600 even if it existed
+        harden_data_dir(node.work_dir)  # and directories someone loosened: the token is in there
         return ProvisionResult(
             state="staged",
             provider_ref=str(node.work_dir),
