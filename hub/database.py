@@ -68,6 +68,7 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
         max_overflow=max_overflow,
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "powernode-hub"}},
+        hide_parameters=True,  # an error's text (and so a log line) never carries request data
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -141,9 +142,26 @@ def _too_deep(body: bytes) -> bool:
     return True
 
 
+# A JSON \u escape of half a surrogate pair decodes to a str that no database driver can encode.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _bad_target(scope: Scope) -> str | None:
+    """A NUL in the path or the query (raw or %00) would reach a database query as text."""
+    query: bytes = scope.get("query_string", b"")
+    if "\x00" in scope["path"] or b"\x00" in query or b"%00" in query:
+        return "The request URL contains a NUL character"
+    return None
+
+
 def _bad_text(body: bytes) -> str | None:
     if b"\x00" in body or b"\\u0000" in body:
         return "The request body contains a NUL character"
+    if (b"\\ud" in body or b"\\uD" in body) and _LONE_SURROGATE.search(body):
+        return "The request body contains an unpaired UTF-16 surrogate escape"
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -178,6 +196,9 @@ class Edge:
         on_federation_listener = scope.get(LISTENER) == FEDERATION_LISTENER
         if on_federation_listener and not (federation_path or path in _FEDERATION_LISTENER_PATHS):
             await _refuse(send, 404, "Not Found", "NOT_FOUND")
+            return
+        if problem := _bad_target(scope):
+            await _refuse(send, 400, problem, "MALFORMED_REQUEST")
             return
         peer = socket_peer(scope)
         scope[SOCKET_PEER] = peer

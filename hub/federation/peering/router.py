@@ -4,6 +4,7 @@ a managing parent makes under the grant we gave it (client certificate + the gra
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ from shared_contract.enroll import EnrollRequest
 from shared_contract.heartbeat import HeartbeatRequest
 from shared_contract.renew import RenewRequest
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/system/federation_api", tags=["federation"])
 HEARTBEAT_PATH = peering.HEARTBEAT_PATH
 MAX_HEARTBEAT_BODY = 16 * 1024
@@ -299,6 +301,9 @@ async def heartbeat(runtime: HubRuntime, scope: Scope, receive: Receive, send: S
         status, payload = 200, await _beat(runtime, scope, receive)
     except HubError as e:
         status, payload = e.status_code, error_body(e.message, e.code, e.details)
+    except Exception as e:  # still the one error shape, never uvicorn's bare 500 and a traceback out
+        log.error("unhandled error on a heartbeat: %s", type(e).__name__, exc_info=e)
+        status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
