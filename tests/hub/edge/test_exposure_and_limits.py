@@ -77,6 +77,7 @@ def test_a_200_mib_unauthenticated_post_is_413_and_costs_the_hub_almost_no_memor
     answer = _upload((host, int(port)), head, 200 * MiB, tls)
 
     peak = _rss_kib(pid, "VmHWM")
+    print(f"{listener}/{framing}: RSS before {before} KiB, peak during the upload {peak} KiB")
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert b'"code":"PAYLOAD_TOO_LARGE"' in answer and b'"success":false' in answer
     assert peak - before < 8 * 1024, f"the hub grew by {(peak - before) / 1024:.1f} MiB"
