@@ -11,8 +11,7 @@ from tests.hub.helpers import CHILDREN, SPAWN
 
 def _modes(node_dir: Path) -> dict[str, int]:
     return {
-        str(p.relative_to(node_dir)): stat.S_IMODE(p.stat().st_mode)
-        for p in [node_dir, *node_dir.rglob("*")]
+        str(p.relative_to(node_dir)): stat.S_IMODE(p.stat().st_mode) for p in [node_dir, *node_dir.rglob("*")]
     }
 
 
