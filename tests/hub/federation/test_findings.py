@@ -25,7 +25,10 @@ INTERVAL, STALE = 1.0, 600.0
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     federation = FederationSettings(
-        trusted_proxies=["127.0.0.1/32"], heartbeat_interval_seconds=INTERVAL, heartbeat_stale_seconds=STALE
+        trusted_proxies=["127.0.0.1/32"],
+        client_cert_header="X-Client-S-DN-CN",
+        heartbeat_interval_seconds=INTERVAL,
+        heartbeat_stale_seconds=STALE,
     )
     return settings.model_copy(update={"federation": federation})
 

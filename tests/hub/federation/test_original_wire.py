@@ -50,7 +50,8 @@ ORIGINAL_HEARTBEAT = {
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"federation": FederationSettings(trusted_proxies=["127.0.0.1/32"])})
+    federation = FederationSettings(trusted_proxies=["127.0.0.1/32"], client_cert_header="X-Client-S-DN-CN")
+    return settings.model_copy(update={"federation": federation})
 
 
 @pytest.fixture
