@@ -23,6 +23,12 @@ from hub.exceptions import HubError, Unauthorized
 from hub.observability.context import binds_peer
 from hub.secrets.ca import PARENT_CN_PREFIX, PEER_CN_PREFIX, cert_fingerprint
 
+# Headers TLS proxies commonly use; only the configured one is read, the others only diagnosed.
+KNOWN_CERT_HEADERS = (
+    "x-client-s-dn-cn",
+    "x-forwarded-tls-client-cert-subject",
+    "x-forwarded-tls-client-cert-info",
+)
 _CN_IN_SUBJECT = re.compile(r'(?:^|[,;/"\s])CN=([^,;/"]+)')
 
 
@@ -113,21 +119,28 @@ def identify(
 def refusal_cause(
     *,
     tls_chain: list[str] | None,
-    headers: dict[str, str],
-    client_host: str | None,
+    headers: Iterable[tuple[str, str]],
+    socket_peer: str | None,
     trusted_proxies: Iterable[str],
+    cert_header: str,
     scheme: str,
 ) -> str:
     """Why a call was refused, in words an operator can act on (for findings, never for the caller)."""
-    forwarded = [name for name in (*CN_HEADERS, TRAEFIK_INFO_HEADER) if headers.get(name)]
+    wanted = cert_header.lower()
+    forwarded = sorted({name for name, value in headers if value} & {wanted, *KNOWN_CERT_HEADERS})
     if tls_chain:
         if from_certificate(tls_chain[0]) is None:
             return "the client certificate presented is not one of this hub's peer certificates"
         return "the client certificate presented does not match this peer (replaced, or the peer moved on)"
-    if forwarded and not is_trusted_proxy(client_host, trusted_proxies):
+    if forwarded and not is_trusted_proxy(socket_peer, trusted_proxies):
         return (
-            f"client-certificate headers came from {client_host}, which is not in "
+            f"client-certificate headers came from {socket_peer}, which is not in "
             "POWERNODE_FEDERATION_TRUSTED_PROXIES"
+        )
+    if forwarded and wanted not in forwarded:
+        return (
+            f"the proxy forwards {', '.join(forwarded)}, but only {cert_header} "
+            "(POWERNODE_FEDERATION_CLIENT_CERT_HEADER) is read"
         )
     if forwarded:
         return "the forwarded client-certificate subject names no peer of this hub"

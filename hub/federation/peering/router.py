@@ -89,9 +89,10 @@ async def enrolling_peer(request: Request, session: SessionDep) -> FederationPee
         tls = request.scope.get("extensions", {}).get("tls") or {}
         cause = auth.refusal_cause(
             tls_chain=tls.get("client_cert_chain"),
-            headers={k: v for k, v in request.headers.items()},
-            client_host=request.client.host if request.client else None,
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.scope["headers"]],
+            socket_peer=edge.socket_peer(request.scope),
             trusted_proxies=runtime.settings.federation.trusted_proxies,
+            cert_header=runtime.settings.federation.client_cert_header,
             scheme=request.url.scheme,
         )
         try:
