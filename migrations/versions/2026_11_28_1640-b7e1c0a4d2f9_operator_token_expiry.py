@@ -1,7 +1,7 @@
 """operator tokens may expire
 
 Revision ID: b7e1c0a4d2f9
-Revises: 7c1e2a9b4d10
+Revises: 7b3e0c2a9f41
 Create Date: 2026-11-28 16:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "b7e1c0a4d2f9"
-down_revision: str | None = "7c1e2a9b4d10"
+down_revision: str | None = "7b3e0c2a9f41"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
