@@ -162,6 +162,8 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
             "REDIS_URL": redis_url,
             "POWERNODE_DATA_DIR": str(data_dir),
             "POWERNODE_PROVISIONER": "manual",
+            # Scaled out behind a load balancer: the URL children use is the balancer's.
+            "POWERNODE_PUBLIC_URL": "https://hub.example.test",
             "POWERNODE_LOG_FORMAT": "json",
             "POWERNODE_FEDERATION_FINDINGS_INTERVAL_SECONDS": "1",
         }
