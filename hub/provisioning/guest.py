@@ -93,6 +93,20 @@ def decompressed_module(path: Path) -> bytes:
     return data
 
 
+def _guest_modes(root: Path, *, private: list[Path]) -> None:
+    """The guest's own modes, not this process's umask (077 for a hub): its server users must
+    traverse its directories and read /etc/passwd; only the listed files stay root's alone."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(0o755)
+        elif path in private:
+            path.chmod(0o600)
+        else:
+            path.chmod(0o755 if path.stat().st_mode & 0o100 else 0o644)
+
+
 def pack_cpio(root: Path, dest: Path) -> None:
     """Write root as a newc cpio archive (what the kernel unpacks as its initramfs), files as root."""
     names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
@@ -255,6 +269,7 @@ def build_initramfs(
     init = root / "init"
     init.write_text(init_script(modules=names, shares=shares, relay_ports=relay_ports, mode=mode, bare=bare))
     init.chmod(0o755)
+    _guest_modes(root, private=[root / "etc/powernode/env"])
     dest.unlink(missing_ok=True)
     dest.touch(mode=0o600)
     pack_cpio(root, dest)
