@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 DATA_DIR ?= .powernode
 CHILD_IMAGE_DIR ?= .child-image
 
-.PHONY: install test test-vm lint schemas run demo bench soak chaos mutate child-image clean
+.PHONY: install test test-random test-vm lint schemas run demo bench soak chaos mutate child-image clean
 
 install: $(STAMP)
 
@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly
+
+# The same suite in a random order (pytest-randomly; SEED=N repeats one).
+test-random: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(if $(SEED),--randomly-seed=$(SEED))
 
 # Children in real QEMU guests (TCG when there is no KVM), every mode and the lifecycle: slow.
 test-vm: $(STAMP)

@@ -157,12 +157,16 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
             peer_id=peer_id,
             message=f"{name} enrolled but no heartbeat ever arrived",
         )
+    # The sooner of the two patiences: a stuck handshake is worth saying as soon as either says so.
+    stuck_before = now - timedelta(
+        seconds=min(settings.federation.heartbeat_stale_seconds, settings.federation.stuck_seconds)
+    )
     stuck = (
         await session.execute(
             select(FederationPeer.id, FederationPeer.name, FederationPeer.metadata_).where(
                 FederationPeer.spawn_role == "parent",
                 FederationPeer.status == "accepted",
-                FederationPeer.accepted_at < never_before,
+                FederationPeer.accepted_at < stuck_before,
             )
         )
     ).all()
@@ -178,6 +182,11 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
                 f"{name} accepted but never enrolled: no enroll call has arrived (is its hub running, "
                 "and can it reach the federation URL the accept answer named?)"
             )
+        message += (
+            ". If it lost the accept's answer or failed its first run: check its console, then rotate "
+            f"its token (POST {CHILDREN}/{peer_id}/rotate_token), which re-stages the payload so it "
+            "starts over"
+        )
         await open_finding(
             session,
             kind=NEVER_ENROLLED,
@@ -217,33 +226,10 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
 
 
 async def sweep_stuck(session: AsyncSession, *, settings: Settings) -> dict[str, int]:
-    """Children that stopped moving: accepted and never enrolled; a node still `pending` (its
+    """Children that stopped moving: a node still `pending` (its
     provisioner never finished, and the outbox did not manage to finish it either). A node that
     booted and does not accept is `node_not_accepting` (hub.provisioning.watch)."""
     before = utcnow() - timedelta(seconds=settings.federation.stuck_seconds)
-    accepted = (
-        await session.execute(
-            select(FederationPeer.id, FederationPeer.name, FederationPeer.accepted_at).where(
-                FederationPeer.spawn_role == "parent",
-                FederationPeer.status == "accepted",
-                FederationPeer.accepted_at < before,
-            )
-        )
-    ).all()
-    for peer_id, name, accepted_at in accepted:
-        when = accepted_at.isoformat() if accepted_at else "?"
-        await open_finding(
-            session,
-            kind=ACCEPTED_NEVER_ENROLLED,
-            subject=str(peer_id),
-            peer_id=peer_id,
-            message=(
-                f"{name} accepted at {when} and never enrolled: it may have lost the "
-                "accept's answer or failed its first run. Check its console; then rotate its token "
-                f"(POST {CHILDREN}/{peer_id}/rotate_token), which re-stages the payload so it starts over"
-            ),
-            details={"accepted_at": when},
-        )
     nodes = (
         await session.execute(
             select(
@@ -274,9 +260,8 @@ async def sweep_stuck(session: AsyncSession, *, settings: Settings) -> dict[str,
             ),
             details={"node_instance_id": str(node_id), "state": state, "since": since.isoformat()},
         )
-    await _resolve_cleared(session, ACCEPTED_NEVER_ENROLLED, FederationPeer.status != "accepted")
     await _resolve_nodes_moved_on(session)
-    return {"accepted_never_enrolled": len(accepted), "nodes_stuck": len(nodes)}
+    return {"nodes_stuck": len(nodes)}
 
 
 async def _resolve_nodes_moved_on(session: AsyncSession) -> None:
