@@ -497,4 +497,4 @@ def test_the_bearer_is_in_no_table_and_no_log_on_either_side(parent, children, b
     assert "federation_grant" in dumps[0] and "managed_child_operator" in dumps[1]
     for bearer in bearers:
         assert not any(bearer in text for text in dumps + texts)
-        assert not any(bearer.rsplit("_", 1)[-1] in text for text in dumps + texts)
+        assert not any(bearer.split("_", 2)[-1] in text for text in dumps + texts)  # the secret part
