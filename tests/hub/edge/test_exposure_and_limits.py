@@ -74,7 +74,13 @@ def test_a_200_mib_unauthenticated_post_is_413_and_costs_the_hub_almost_no_memor
     before = _rss_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS, so it shows this upload's peak
 
-    answer = _upload((host, int(port)), head, 200 * MiB, tls)
+    # The hub answers 413 and closes while we still send; now and then its RST overtakes the answer
+    # in our receive queue (b''): that upload is sent again, the memory bound holds for all of them.
+    answer = b""
+    for _ in range(3):
+        answer = _upload((host, int(port)), head, 200 * MiB, tls)
+        if answer:
+            break
 
     peak = _rss_kib(pid, "VmHWM")
     print(f"{listener}/{framing}: RSS before {before} KiB, peak during the upload {peak} KiB")
