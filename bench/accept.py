@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +28,7 @@ from bench.common import (
     Stopwatch,
     hub_database_url,
     running_hub,
+    start_baseline,
     stop_process,
     wait_for_answer,
     workdir,
@@ -39,7 +38,6 @@ from bench.machine import cpu_window
 from bench.naive_accept import PATH as NAIVE_PATH
 from bench.naive_accept import load_ca
 from bench.wrk import WrkRun, run_wrk
-from hub.embedded.process import free_port
 from hub.localhub import LocalHub
 from hub.secrets import ca as ca_service
 from shared_contract.version import CONTRACT_VERSION
@@ -159,19 +157,8 @@ def naive_run(result: Result, hub: LocalHub, base: Path, uvloop: bool) -> WrkRun
         {"acceptance_token": token, "contract_version": CONTRACT_VERSION, "csr_pem": make_csr()}
         for token in tokens
     ]
-    port = free_port()
-    argv = [sys.executable, "-m", "bench.naive_accept", "--port", str(port), "--database-url",
-            hub_database_url(hub), "--ca-dir", str(hub.data_dir / "ca")]  # fmt: skip
-    with (base / "naive.log").open("ab") as log:
-        naive = subprocess.Popen(
-            [*argv, *(["--uvloop"] if uvloop else [])],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    url = f"http://127.0.0.1:{port}"
+    args = ["--database-url", hub_database_url(hub), "--ca-dir", str(hub.data_dir / "ca")]
+    naive, url = start_baseline("bench.naive_accept", args, base / "naive.log", uvloop=uvloop)
     try:
         wait_for_answer(naive, lambda: httpx.post(url + NAIVE_PATH, json={}).status_code == 401)
         asyncio.run(accept_all_at(url, NAIVE_PATH, bodies[:WARMUP], clients=CLIENTS))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from bench.common import (
     median,
     percentile,
     running_hub,
+    start_baseline,
     stop_process,
     wait_for_answer,
     workdir,
@@ -33,7 +32,6 @@ from bench.common import (
 from bench.floor_children import PATH as FLOOR_PATH
 from bench.heartbeat import uses_uvloop
 from bench.machine import cpu_window
-from hub.embedded.process import free_port
 
 PEERS = 100_000
 REQUESTS = 300
@@ -139,18 +137,8 @@ def floor_p99(base: Path, page: dict, uvloop: bool) -> list[float]:
     """Latencies of the floor endpoint serving `page` (what the hub answered) from memory."""
     page_file = base / "page.json"
     page_file.write_text(json.dumps(page))
-    port = free_port()
-    argv = [sys.executable, "-m", "bench.floor_children", "--port", str(port), "--page", str(page_file)]
-    with (base / "floor.log").open("ab") as log:
-        floor = subprocess.Popen(
-            [*argv, *(["--uvloop"] if uvloop else [])],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    url = f"http://127.0.0.1:{port}"
+    args = ["--page", str(page_file)]
+    floor, url = start_baseline("bench.floor_children", args, base / "floor.log", uvloop=uvloop)
     try:
         wait_for_answer(floor, lambda: httpx.get(url + FLOOR_PATH).status_code == 200)
         with httpx.Client(base_url=url, timeout=30) as client:

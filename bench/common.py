@@ -7,6 +7,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -169,3 +170,19 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+def start_baseline(
+    module: str, args: list[str], log: Path, *, uvloop: bool
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A baseline server (`python -m <module> --port P <args>`) on a free port, logging to `log`."""
+    from hub.embedded.process import free_port
+
+    port = free_port()
+    argv = [sys.executable, "-m", module, "--port", str(port), *args, *(["--uvloop"] if uvloop else [])]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -22,11 +21,18 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.common import Result, hub_database_url, running_hub, stop_process, wait_for_answer, workdir
+from bench.common import (
+    Result,
+    hub_database_url,
+    running_hub,
+    start_baseline,
+    stop_process,
+    wait_for_answer,
+    workdir,
+)
 from bench.machine import cpu_window
 from bench.naive_heartbeat import PATH as NAIVE_PATH
 from bench.wrk import WrkRun, rotating_header_script, run_wrk
-from hub.embedded.process import free_port
 from hub.federation.peering.heartbeats import _BATCH_UPDATE as BATCH_UPDATE
 from hub.federation.peering.router import HEARTBEAT_PATH
 
@@ -136,26 +142,9 @@ def measure(result: Result, label: str, url: str, script: Path, server_pid: int)
 
 
 def start_naive(base: Path, database_url: str, *, uvloop: bool) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.naive_heartbeat",
-        "--port",
-        str(port),
-        "--database-url",
-        database_url,
-    ]
-    log = (base / "naive.log").open("ab")
-    process = subprocess.Popen(
-        [*argv, *(["--uvloop"] if uvloop else [])],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parent.parent,
+    return start_baseline(
+        "bench.naive_heartbeat", ["--database-url", database_url], base / "naive.log", uvloop=uvloop
     )
-    return process, f"http://127.0.0.1:{port}"
 
 
 def run() -> Result:
