@@ -267,13 +267,13 @@ async def invariants(parent: Parent, ledger: Ledger) -> tuple[list[str], bool]:
         slots = {
             r["slot_name"]: r["active"]
             for r in await connection.fetch(
-                "SELECT slot_name, active FROM pg_replication_slots WHERE slot_name LIKE $1", PREFIX + "%"
+                "SELECT slot_name, active FROM pg_replication_slots WHERE starts_with(slot_name, $1)", PREFIX
             )
         }
         roles = {
             r["rolname"]
             for r in await connection.fetch(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE $1", PREFIX + "%"
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", PREFIX
             )
         }
         consumed = {
