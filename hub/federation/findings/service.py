@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -221,7 +221,8 @@ async def sweep_handshakes(session: AsyncSession, *, settings: Settings) -> dict
         )
     await _resolve_cleared(session, NEVER_ACTIVE, FederationPeer.status != "enrolled")
     await _resolve_cleared(session, NEVER_ENROLLED, FederationPeer.status != "accepted")
-    await _resolve_cleared(session, TOKEN_EXPIRED, and_(FederationPeer.status != "proposed"))
+    # Cleared by an accept, a revoke, or a rotate that gave the child a live token.
+    await _resolve_cleared(session, TOKEN_EXPIRED, or_(FederationPeer.status != "proposed", live_token))
     return {"never_active": len(never), "never_enrolled": len(stuck), "token_expired": len(expired)}
 
 

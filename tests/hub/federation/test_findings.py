@@ -131,7 +131,7 @@ async def test_an_enrolled_peer_that_never_heartbeats_is_a_finding_until_it_does
     assert len(await findings(client, operator, "peer_enrolled_never_active", peer_id, "resolved")) == 1
 
 
-async def test_a_token_that_expired_unaccepted_is_a_finding_until_the_child_is_accepted(
+async def test_a_token_that_expired_unaccepted_is_a_finding_until_it_is_rotated(
     client, runtime, operator
 ):
     data = await spawn(client, operator, "autonomous_peer", manual_attach=True)
@@ -146,6 +146,8 @@ async def test_a_token_that_expired_unaccepted_is_a_finding_until_the_child_is_a
         ACCEPT, json={"acceptance_token": data["acceptance_token"], "contract_version": 1}
     )
     rotated = await client.post(f"{CHILDREN}/{peer_id}/rotate_token", headers=operator)
+    await sweep(runtime)
+    after_rotate = await findings(client, operator, "acceptance_token_expired", peer_id, "open")
     accept = await client.post(
         ACCEPT, json={"acceptance_token": rotated.json()["data"]["acceptance_token"], "contract_version": 1}
     )
@@ -154,6 +156,7 @@ async def test_a_token_that_expired_unaccepted_is_a_finding_until_the_child_is_a
     assert fresh == []
     assert "rotate it" in finding["message"]
     assert expired.status_code == 401 and accept.status_code == 200
+    assert after_rotate == []  # the child holds a live token again: nothing for the operator to do
     assert await findings(client, operator, "acceptance_token_expired", peer_id, "open") == []
 
 
