@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -212,7 +213,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
     address = (args.metrics_host, args.metrics_port) if args.metrics_port is not None else None
+    if address and settings.metrics_token_required and not _loopback(args.metrics_host):
+        # The worker's metrics server has no authentication of its own: with a token required it stays
+        # on this host (a local scraper, or the hub's /metrics with a token).
+        print(
+            f"--metrics-host {args.metrics_host} would serve the worker's metrics without a token; "
+            "POWERNODE_METRICS_REQUIRE_TOKEN is on: use a loopback address (127.0.0.1 or ::1)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     run_worker(settings, metrics_address=address)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _operator_token_create(args: argparse.Namespace, settings: Settings) -> None:

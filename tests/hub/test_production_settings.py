@@ -273,3 +273,32 @@ def test_serve_without_its_worker_needs_an_external_database_and_redis(tmp_path)
         "powernode-hub: error: --no-worker needs DATABASE_URL and REDIS_URL (for a `worker` to run jobs)\n"
     )
     assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::"])
+def test_a_worker_will_not_serve_its_unauthenticated_metrics_beyond_loopback_when_a_token_is_required(
+    tmp_path, host
+):
+    """The worker's metrics server has no token check of its own: with one required it stays local."""
+    env = hub_env(
+        {
+            "POWERNODE_METRICS_REQUIRE_TOKEN": "true",
+            "DATABASE_URL": "postgresql://powernode:x@127.0.0.1:1/powernode",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "POWERNODE_DATA_DIR": str(tmp_path / "data"),
+        }
+    )
+    result = subprocess.run(
+        [*hub_command(), "worker", "--metrics-port", "9", "--metrics-host", host],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"--metrics-host {host} would serve the worker's metrics without a token; "
+        "POWERNODE_METRICS_REQUIRE_TOKEN is on: use a loopback address (127.0.0.1 or ::1)\n"
+    )
