@@ -44,7 +44,11 @@ BODY = json.dumps({"platform_version": "0.1.0"})
 TARGET_NAIVE_RATIO, TARGET_CEILING_RATIO, TARGET_P99_RATIO = 3.0, 0.6, 1.0
 CEILING_BATCH = CONNECTIONS // 2  # the batch the hub forms: 64 clients over 2 commits in flight
 CEILING_CONNECTIONS = 2  # the hub's heartbeat connections
-HUB_ENV = {"POWERNODE_FEDERATION_TRUSTED_PROXIES": '["127.0.0.1/32"]', "POWERNODE_PROVISIONER": "manual"}
+HUB_ENV = {
+    "POWERNODE_FEDERATION_TRUSTED_PROXIES": '["127.0.0.1/32"]',
+    "POWERNODE_FEDERATION_CLIENT_CERT_HEADER": CN_HEADER,  # the one header the hub reads from its proxy
+    "POWERNODE_PROVISIONER": "manual",
+}
 
 _INSERT = """
 INSERT INTO federation_peer (id, name, peer_kind, spawn_role, spawn_mode, status, contract_version,
@@ -94,6 +98,9 @@ async def db_ceiling(database_url: str, ids: list[str], seconds: float) -> float
     as many connections as the hub uses, in batches of the size the hub forms under this load."""
     peers = [uuid.UUID(i) for i in ids]
     fps: list[str | None] = [None] * CEILING_BATCH
+    # What the hub binds for BODY: only platform_version is reported, every other field is absent.
+    absent: list[str | None] = [None] * CEILING_BATCH
+    version = [json.loads(BODY)["platform_version"]] * CEILING_BATCH
     connections = [await asyncpg.connect(database_url) for _ in range(CEILING_CONNECTIONS)]
     done = 0
 
@@ -102,7 +109,9 @@ async def db_ceiling(database_url: str, ids: list[str], seconds: float) -> float
         i = start
         while time.monotonic() < until:
             batch = [peers[(i + k) % len(peers)] for k in range(CEILING_BATCH)]
-            rows = await connection.fetch(BATCH_UPDATE, batch, fps)
+            rows = await connection.fetch(
+                BATCH_UPDATE, batch, fps, absent, absent, absent, absent, version, absent
+            )
             i += CEILING_BATCH * CEILING_CONNECTIONS
             if counted:
                 done += len(rows)
