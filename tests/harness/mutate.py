@@ -32,16 +32,25 @@ RESULT = re.compile(r"^\s+(\S+): (.+)$")
 MODULE = re.compile(r"^(.*?)\.x[_ǁ]")
 
 
-def _mutmut_env(base: Path) -> tuple[dict[str, str], list]:
-    """Services for every test session of the run, and the environment that points tests at them."""
-    stack = [services.postgres(base), services.redis(base), services.openbao(base)]
-    pg, redis, bao = (context.__enter__() for context in stack)
+def _mutmut_env(base: Path, jobs: int) -> tuple[dict[str, str], list]:
+    """Services for every test session of the run, and the environment that points tests at them.
+
+    One Redis server per concurrent mutant (tests flush their Redis databases); each session takes
+    a free one (tests/harness/mutmut_plugin.py). PostgreSQL and OpenBao are shared: database names
+    carry the pid, secret paths are per object.
+    """
+    stack = [services.postgres(base), services.openbao(base)]
+    stack += [services.redis(base / f"redis-{i}") for i in range(jobs)]
+    pg, bao, *redis = (context.__enter__() for context in stack)
     factory = DatabaseFactory(pg)
     name = factory.new_name("mutate_template")
     asyncio.run(migrate.upgrade(asyncio.run(factory.create(name))))
+    (base / "locks").mkdir()
     env = os.environ | {
         "DATABASE_URL": pg.url("postgres"),
-        "REDIS_URL": redis.url(0),
+        "REDIS_URL": redis[0].url(0),
+        "PN_MUTATE_REDIS_URLS": " ".join(server.url(0) for server in redis),
+        "PN_MUTATE_LOCKS": str(base / "locks"),
         "VAULT_ADDR": bao.addr,
         "VAULT_TOKEN": bao.token,
         "PN_TEST_TEMPLATE_DATABASE": name,
@@ -49,9 +58,9 @@ def _mutmut_env(base: Path) -> tuple[dict[str, str], list]:
     return env, stack
 
 
-def _run_mutmut(env: dict[str, str], budget_seconds: float) -> None:
+def _run_mutmut(env: dict[str, str], budget_seconds: float, jobs: int, names: list[str]) -> None:
     process = subprocess.Popen(
-        [MUTMUT, "run", "--max-children", "1"], cwd=ROOT, env=env, start_new_session=True
+        [MUTMUT, "run", "--max-children", str(jobs), *names], cwd=ROOT, env=env, start_new_session=True
     )
     try:
         process.wait(budget_seconds)
@@ -118,16 +127,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-minutes", type=float, default=float(os.environ.get("MUTATE_BUDGET_MINUTES", 45))
     )
+    parser.add_argument(
+        "--jobs", type=int, default=int(os.environ.get("MUTATE_JOBS", 1)), help="mutants run at once"
+    )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (mutants/)")
+    parser.add_argument(
+        "--forget",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="forget the results for one mutated file (e.g. hub/secrets/ca.py); repeatable",
+    )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run the surviving and no-tests mutants again (after adding tests); a plain run skips them",
+    )
     parser.add_argument("--report-only", action="store_true", help="print the results of earlier runs")
     args = parser.parse_args(argv)
     if args.fresh:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    for path in args.forget:
+        for stale in (ROOT / "mutants" / path, ROOT / "mutants" / f"{path}.meta"):
+            stale.unlink(missing_ok=True)
     base = Path(tempfile.mkdtemp(prefix="pn-mutate-", dir="/tmp"))
-    env, stack = _mutmut_env(base) if not args.report_only else (dict(os.environ), [])
+    env, stack = _mutmut_env(base, args.jobs) if not args.report_only else (dict(os.environ), [])
     try:
         if not args.report_only:
-            _run_mutmut(env, args.budget_minutes * 60)
+            again = (
+                [n for n, s in _results(env).items() if s in ("survived", "no tests")] if args.recheck else []
+            )
+            if args.recheck and not again:
+                print("make mutate: no surviving mutants to check again")
+            else:
+                _run_mutmut(env, args.budget_minutes * 60, args.jobs, again)
         score = report(env)
     finally:
         for context in reversed(stack):

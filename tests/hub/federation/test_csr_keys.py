@@ -5,6 +5,7 @@ Accept runs against the real PostgreSQL and OpenBao of the session; the weak CSR
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -76,3 +77,25 @@ async def test_a_sound_key_gets_a_client_only_certificate_of_the_configured_life
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert timedelta(days=30) <= lifetime <= timedelta(days=30, minutes=10)
+
+
+async def test_the_certificate_a_parent_calls_its_child_with_is_client_only_names_the_child_and_lives_a_day(
+    runtime,
+):
+    key = ec.generate_private_key(ec.SECP256R1())
+    child_id = uuid.uuid4()
+
+    cert = runtime.ca.sign_parent_client_cert(key.public_key(), peer_id=child_id)
+
+    cert.verify_directly_issued_by(runtime.ca.cert)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"fed-parent:{child_id}"
+    assert cert.public_key() == key.public_key()
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature
+    assert not (usage.value.key_encipherment or usage.value.key_cert_sign or usage.value.crl_sign)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert timedelta(days=1) <= lifetime <= timedelta(days=1, minutes=10)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
+import asyncpg
 import pytest
 
 from hub.config import FederationSettings, Settings
+from hub.embedded.process import free_port
+from hub.federation.peering.heartbeats import HeartbeatBatcher
 from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
 API = "/api/v1/system/federation_api"
@@ -73,3 +79,28 @@ async def test_the_header_is_believed_only_from_a_trusted_proxy(client, runtime,
         json={"platform_id": "p", "platform_url": "http://c.test"},
     )
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("fault", ["database unreachable", "statement fails"])
+async def test_heartbeats_whose_batch_cannot_be_written_all_fail_and_none_is_left_waiting(databases, fault):
+    """Three peers beat at once on one connection (a batch of one, then a batch of two): each
+    heartbeat gets the database's error, and the batcher takes heartbeats again afterwards."""
+    if fault == "database unreachable":
+        url = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
+        expected: type[BaseException] = OSError
+    else:  # a database without the hub's tables
+        name = databases.new_name("empty")
+        url = await databases.create(name)
+        expected = asyncpg.UndefinedTableError
+    batcher = HeartbeatBatcher(url, connections=1)
+    try:
+        async with asyncio.timeout(60):
+            for _ in range(2):
+                beats = [batcher.beat(uuid.uuid4(), None) for _ in range(3)]
+                results = await asyncio.gather(*beats, return_exceptions=True)
+                assert [type(r) for r in results] == [type(results[0])] * 3
+                assert isinstance(results[0], expected)
+    finally:
+        await batcher.close()
+        if fault != "database unreachable":
+            await databases.drop(name)

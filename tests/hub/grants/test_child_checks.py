@@ -7,8 +7,9 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from hub.audit.models import AuditEvent
 from hub.database import utcnow
 from hub.federation.grants.models import FederationGrant
 from hub.federation.peers.models import FederationPeer
@@ -98,6 +99,40 @@ async def test_scope_read_for_get_write_for_put_admin_for_the_audit_trail(client
     assert audit.status_code == 403
     assert audit_as_admin.status_code == 200
     assert "peer.bootstrap" in [e["action"] for e in audit_as_admin.json()["data"]["events"]]
+
+
+async def test_the_parent_reads_our_newest_audit_events_first_as_many_as_it_asks(client, runtime, parent):
+    await set_grant(runtime, parent, permission_scopes=["read", "write", "admin"])
+    async with runtime.sessionmaker() as session, session.begin():
+        for n in range(3):
+            session.add(
+                AuditEvent(
+                    actor=f"operator:{n}",
+                    action="test.step",
+                    target=f"thing:{n}",
+                    outcome="denied",
+                    details={"n": n},
+                )
+            )
+    async with runtime.sessionmaker() as session:
+        newest = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(2))).all()
+
+    response = await client.get(AUDIT, headers=parent.headers(), params={"limit": 2})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["events"] == [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target,
+            "outcome": e.outcome,
+            "details": e.details,
+        }
+        for e in newest
+    ]
+    assert [e["target"] for e in response.json()["data"]["events"]] == ["thing:2", "thing:1"]
 
 
 async def test_a_non_empty_allowlist_admits_only_its_actions(client, runtime, parent):

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from hub.audit.models import AuditEvent
 from hub.database import utcnow
 from hub.federation.grants.models import FederationGrant
+from hub.federation.peers.models import FederationPeer
 from hub.operators.permissions import VIEWER_PERMISSIONS
 from tests.hub.helpers import ACCEPT, CHILDREN, make_csr, operator_headers, spawn
 
@@ -126,3 +127,49 @@ async def test_a_parent_whose_grant_is_revoked_cannot_get_a_new_one_by_accepting
     assert first["grant"]["bearer_token"] and retry.status_code == 200
     assert "grant" not in retry.json()["data"]
     assert [g["id"] for g in await grants(client, headers)] == [grant["id"]]
+
+
+async def test_each_state_filter_lists_exactly_the_grants_in_that_state(client, runtime):
+    """Archived wins over revoked, revoked over expired: the filter agrees with the state shown."""
+    headers = await operator_headers(runtime)
+    now, day = utcnow(), timedelta(days=1)
+    kinds = {
+        "active": {"expires_at": now + day},
+        "expired": {"expires_at": now - day},
+        "revoked": {"expires_at": now + day, "revoked_at": now},
+        "revoked, also expired": {"expires_at": now - day, "revoked_at": now - 2 * day},
+        "archived": {"expires_at": now - day, "revoked_at": now - 2 * day, "archived_at": now},
+        "archived, never revoked": {"expires_at": now + day, "archived_at": now},
+    }
+    async with runtime.sessionmaker() as session, session.begin():
+        peers = {
+            kind: FederationPeer(name=kind, spawn_role="parent", spawn_mode="managed_child") for kind in kinds
+        }
+        session.add_all(peers.values())
+        await session.flush()
+        rows = {
+            kind: FederationGrant(
+                peer_id=peers[kind].id,
+                direction="granted",
+                resource_kind="managed_child_operator",
+                remote_subject="s",
+                permission_scopes=["read"],
+                **timestamps,
+            )
+            for kind, timestamps in kinds.items()
+        }
+        session.add_all(rows.values())
+    ids = {kind: str(row.id) for kind, row in rows.items()}
+
+    listed = {
+        state: await grants(client, headers, state=state)
+        for state in ("active", "expired", "revoked", "archived")
+    }
+
+    assert {state: sorted(g["id"] for g in found) for state, found in listed.items()} == {
+        "active": [ids["active"]],
+        "expired": [ids["expired"]],
+        "revoked": sorted([ids["revoked"], ids["revoked, also expired"]]),
+        "archived": sorted([ids["archived"], ids["archived, never revoked"]]),
+    }
+    assert all(g["state"] == state for state, found in listed.items() for g in found)

@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from sqlalchemy import select, update
 
+from hub.audit.models import AuditEvent
 from hub.config import Settings
 from hub.federation.findings.models import Finding
 from hub.federation.peers.models import FederationPeer
@@ -74,6 +75,9 @@ def rogue_app(seen: Seen, *, elsewhere: str = "") -> Any:
         elif trick == "padded":
             data = {"policies": [], "count": 0, "raw": "<script>alert(1)</script>"}
             await answer(200, json.dumps({"success": True, "data": data, "html": "<b>hi</b>"}).encode())
+        elif trick.startswith("refuse-"):  # the child's own 401 for our grant: refuse-GRANT_REVOKED
+            code = trick.removeprefix("refuse-")
+            await answer(401, json.dumps({"success": False, "error": "no", "code": code}).encode())
         elif trick == "wrong-shape":
             await answer(200, json.dumps({"success": True, "data": {"policies": "all of them"}}).encode())
         else:
@@ -276,3 +280,51 @@ async def test_the_viewer_gets_parsed_data_never_the_raw_body(client, runtime, r
     assert "script" not in padded.text and "<b>" not in padded.text
     assert wrong.status_code == 502 and wrong.json()["details"]["code"] == "INVALID_RESPONSE"
     assert "all of them" not in wrong.text
+
+
+async def peer_row(runtime, rogue: Rogue) -> FederationPeer:
+    async with runtime.sessionmaker() as session:
+        return await session.get(FederationPeer, uuid.UUID(rogue.child_id))
+
+
+async def test_a_child_that_revoked_our_grant_is_emancipated_once_with_a_finding(client, runtime, rogue):
+    await advertise(runtime, rogue, rogue.base + "/refuse-GRANT_REVOKED")
+
+    answers = [await read_policies(client, rogue) for _ in range(2)]
+
+    child = await peer_row(runtime, rogue)
+    async with runtime.sessionmaker() as session:
+        audited = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.action == "peer.emancipated"))
+        ).all()
+    [finding] = await open_findings(runtime, "peer_grant_revoked")
+    assert [a.status_code for a in answers] == [502, 502]
+    assert {a.json()["details"]["code"] for a in answers} == {"GRANT_REVOKED"}
+    assert child.emancipated_at is not None and child.status == "active"
+    assert [(e.actor, e.target) for e in audited] == [(f"peer:{rogue.child_id}", rogue.child_id)]
+    assert finding.subject == rogue.child_id and str(finding.peer_id) == rogue.child_id
+    assert (
+        finding.message
+        == f"{child.name} revoked our managed_child_operator grant: it is now an autonomous peer"
+    )
+    assert finding.details == {"code": "GRANT_REVOKED", "child_said": "the child answered 401"}
+    assert await open_findings(runtime, "peer_grant_expired") == []
+
+
+async def test_a_child_refusing_our_grant_as_expired_is_a_finding_until_it_answers_again(
+    client, runtime, rogue
+):
+    await advertise(runtime, rogue, rogue.base + "/refuse-GRANT_EXPIRED")
+
+    refused = await read_policies(client, rogue)
+    [finding] = await open_findings(runtime, "peer_grant_expired")
+    await advertise(runtime, rogue, rogue.base + "/ok")
+    answered = await read_policies(client, rogue)
+
+    child = await peer_row(runtime, rogue)
+    assert refused.status_code == 502 and refused.json()["details"]["code"] == "GRANT_EXPIRED"
+    assert finding.subject == rogue.child_id and str(finding.peer_id) == rogue.child_id
+    assert finding.message == f"{child.name} refuses our grant as expired"
+    assert finding.details == {"code": "GRANT_EXPIRED", "child_said": "the child answered 401"}
+    assert child.emancipated_at is None and await open_findings(runtime, "peer_grant_revoked") == []
+    assert answered.status_code == 200 and await open_findings(runtime, "peer_grant_expired") == []

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
+import pytest
 from sqlalchemy import select
 
 from hub.audit.models import AuditEvent
@@ -77,3 +81,62 @@ async def test_a_child_telling_the_parent_it_revoked_drops_the_parents_grant_and
     assert event.actor == f"peer:{child_id}"
     call = await client.get(f"{FEDERATION_API}/peer", headers={"X-Client-S-DN-CN": f"fed:{child_id}"})
     assert call.status_code == 401 and call.json()["code"] == "PEER_REVOKED"
+
+
+@pytest.mark.parametrize(
+    ("reason", "recorded"), [("moving on", "given up by the peer: moving on"), (None, "given up by the peer")]
+)
+async def test_the_parent_giving_up_the_grant_we_gave_it_revokes_it_once_and_its_bearer_stops_working(
+    client, runtime, tmp_path, reason, recorded
+):
+    parent = await become_child(runtime, tmp_path)
+    [grant] = await grant_rows(runtime)
+    url = f"{FEDERATION_API}/grants/{grant.id}/revoke"
+
+    first = await client.post(url, headers=parent.headers(bearer=None), json={"reason": reason})
+    again = await client.post(url, headers=parent.headers(bearer=None), json={"reason": "changed my mind"})
+    call = await client.get(f"{FEDERATION_API}/peer", headers=parent.headers())
+
+    [row] = await grant_rows(runtime)
+    async with runtime.sessionmaker() as session:
+        events = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.action == "grant.revoked_by_peer"))
+        ).all()
+    assert first.status_code == 200 and first.json()["data"] == {
+        "grant_id": str(grant.id),
+        "state": "revoked",
+    }
+    assert again.status_code == 200 and again.json()["data"]["state"] == "revoked"
+    assert row.revoke_reason == recorded
+    assert row.purge_after - row.revoked_at == timedelta(
+        days=runtime.settings.federation.grant_retention_days
+    )
+    assert [(e.actor, e.target, e.details) for e in events] == [
+        (f"peer:{parent.row_id}", str(grant.id), {"peer_id": str(parent.row_id), "reason": reason})
+    ]
+    assert call.status_code == 401 and call.json()["code"] == "GRANT_REVOKED"
+
+
+async def test_a_grant_the_parent_does_not_have_from_us_cannot_be_given_up(client, runtime, tmp_path):
+    parent = await become_child(runtime, tmp_path)
+    [grant] = await grant_rows(runtime)
+    stranger = await become_child(runtime, tmp_path / "stranger")
+
+    answers = {
+        "another peer's grant": await client.post(
+            f"{FEDERATION_API}/grants/{grant.id}/revoke", headers=stranger.headers(bearer=None)
+        ),
+        "unknown": await client.post(
+            f"{FEDERATION_API}/grants/{uuid.uuid4()}/revoke", headers=parent.headers(bearer=None)
+        ),
+        "not a UUID": await client.post(
+            f"{FEDERATION_API}/grants/nope/revoke", headers=parent.headers(bearer=None)
+        ),
+    }
+
+    assert {k: (a.status_code, a.json()["code"]) for k, a in answers.items()} == {
+        "another peer's grant": (404, "NOT_FOUND"),
+        "unknown": (404, "NOT_FOUND"),
+        "not a UUID": (400, "VALIDATION_FAILED"),
+    }
+    assert [g.state() for g in await grant_rows(runtime)] == ["active", "active"]

@@ -10,9 +10,14 @@ import pytest
 from pydantic import create_model
 
 from hub.provisioning.base import NodeSpec, ProvisionError, TemplateSpec
-from hub.provisioning.fwcfg_limits import FW_CFG_MAX_USER_ENTRIES, stage_fw_cfg
+from hub.provisioning.fwcfg_limits import (
+    FW_CFG_MAX_TOTAL_BYTES,
+    FW_CFG_MAX_USER_ENTRIES,
+    check_fw_cfg_limits,
+    stage_fw_cfg,
+)
 from hub.provisioning.qemu import QemuProvisioner, VmSettings, qemu_command, with_fw_cfg
-from shared_contract.payload import SpawnPayload
+from shared_contract.payload import FW_CFG_NAME_MAX, SpawnPayload
 
 TOKEN = "pn_tok_limits_0123456789"
 
@@ -172,3 +177,49 @@ def test_restaging_rotates_the_token_and_rebuilds_the_fw_cfg_arguments(tmp_path:
     assert not (directory / "opt_com.powernode_ca_pem").exists()
     assert command.count("-fw_cfg") == len(rotated) == first.count("-fw_cfg") - 1
     assert command[: command.index("-fw_cfg")] == first[: first.index("-fw_cfg")]
+
+
+def entries(count: int, *, name_bytes: int = 8, total: int = 0) -> dict[str, int]:
+    """fw_cfg names (under opt/, each `name_bytes` long) to sizes adding up to `total`."""
+    names = [f"opt/{i:0{name_bytes - 4}d}" for i in range(count)]
+    sizes = [total // count] * count
+    sizes[0] += total - sum(sizes)
+    return dict(zip(names, sizes, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        (entries(1, name_bytes=FW_CFG_NAME_MAX + 1), "longer than 55"),
+        (entries(FW_CFG_MAX_USER_ENTRIES + 1), "20 fw_cfg entries exceed QEMU's limit of 19"),
+        (entries(3, total=FW_CFG_MAX_TOTAL_BYTES + 1), "is 65537 bytes, over the 65536-byte cap"),
+        ({"etc/ours": 1}, "must start with 'opt/'"),
+    ],
+    ids=["name-56-bytes", "20-entries", "65537-bytes", "outside-opt"],
+)
+def test_one_past_each_limit_is_refused(sizes: dict[str, int], message: str) -> None:
+    with pytest.raises(ProvisionError, match=message):
+        check_fw_cfg_limits(sizes)
+
+
+def test_exactly_at_every_limit_at_once_is_taken() -> None:
+    """55-byte names, 19 entries, 64 KiB in all: what QEMU and the guest driver still carry."""
+    check_fw_cfg_limits(
+        entries(FW_CFG_MAX_USER_ENTRIES, name_bytes=FW_CFG_NAME_MAX, total=FW_CFG_MAX_TOTAL_BYTES)
+    )
+
+
+async def test_destroying_a_node_whose_start_failed_twice_over_is_no_error(
+    tmp_path: Path, fake_qemu: tuple[Path, Path], kernel: Path
+) -> None:
+    binary, _ = fake_qemu
+    node = node_in(tmp_path / "node")
+    with pytest.raises(ProvisionError):
+        await QemuProvisioner().provision(
+            node=node, template=template(kernel=str(kernel), qemu_binary=str(binary)), payload=payload()
+        )
+
+    await QemuProvisioner().destroy(node=node)
+    await QemuProvisioner().destroy(node=node)
+
+    assert not node.work_dir.exists()
