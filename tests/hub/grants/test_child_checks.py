@@ -166,6 +166,18 @@ async def test_a_certificate_from_the_parents_ca_is_the_parent(settings, runtime
     assert codes == [200, 401]
 
 
+async def test_without_the_parents_ca_file_no_certificate_is_the_parent(settings, runtime, parent, tmp_path):
+    """Fail closed: a CA chain we can no longer read verifies nothing."""
+    (tmp_path / "parent" / "ca" / "ca.crt").unlink()
+    transport = httpx.ASGITransport(
+        app=with_client_certificate(create_app(settings, runtime), parent.client_certificate())
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="https://child.test") as http:
+        response = await http.get(PEER, headers=parent.headers())
+
+    assert response.status_code == 401
+
+
 async def test_another_cn_is_not_our_parent(client, parent):
     headers = parent.headers() | {"X-Client-S-DN-CN": "fed:00000000-0000-0000-0000-000000000001"}
 

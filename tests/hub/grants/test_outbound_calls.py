@@ -21,11 +21,13 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from arq import Retry
 from sqlalchemy import select, update
 
 from hub.audit.models import AuditEvent
 from hub.config import Settings
 from hub.federation.findings.models import Finding
+from hub.federation.grants.jobs import federation_grant_revoke_notice
 from hub.federation.peers.models import FederationPeer
 from hub.secrets import ca as ca_service
 from hub.supervision.serve import bind_listener
@@ -33,6 +35,7 @@ from tests.hub.grants.child_side import new_ca
 from tests.hub.helpers import ACCEPT, CHILDREN, make_csr, operator_headers, spawn
 
 API = "/api/v1/system/federation_api"
+GRANTS = "/api/v1/system/federation/grants"
 BIG = 8 * 1024 * 1024
 
 
@@ -78,6 +81,8 @@ def rogue_app(seen: Seen, *, elsewhere: str = "") -> Any:
         elif trick.startswith("refuse-"):  # the child's own 401 for our grant: refuse-GRANT_REVOKED
             code = trick.removeprefix("refuse-")
             await answer(401, json.dumps({"success": False, "error": "no", "code": code}).encode())
+        elif trick == "down":
+            await answer(503, json.dumps({"success": False, "error": "down", "code": "UNAVAILABLE"}).encode())
         elif trick == "wrong-shape":
             await answer(200, json.dumps({"success": True, "data": {"policies": "all of them"}}).encode())
         else:
@@ -328,3 +333,31 @@ async def test_a_child_refusing_our_grant_as_expired_is_a_finding_until_it_answe
     assert finding.details == {"code": "GRANT_EXPIRED", "child_said": "the child answered 401"}
     assert child.emancipated_at is None and await open_findings(runtime, "peer_grant_revoked") == []
     assert answered.status_code == 200 and await open_findings(runtime, "peer_grant_expired") == []
+
+
+async def test_a_revoke_notice_the_child_did_not_get_is_an_error_finding_until_it_is_told(
+    client, runtime, rogue
+):
+    [grant] = (await client.get(GRANTS, headers=rogue.headers, params={"direction": "held"})).json()["data"][
+        "grants"
+    ]
+    revoked = await client.post(f"{GRANTS}/{grant['id']}/revoke", headers=rogue.headers, json={"reason": "x"})
+    await advertise(runtime, rogue, rogue.base + "/down")
+    job = {"runtime": runtime, "job_try": 1}
+
+    with pytest.raises(Retry):
+        await federation_grant_revoke_notice(job, grant_id=grant["id"], peer_id=rogue.child_id)
+    [finding] = await open_findings(runtime, "grant_revoke_undelivered")
+    await advertise(runtime, rogue, rogue.base + "/ok")
+    told = await federation_grant_revoke_notice(job, grant_id=grant["id"], peer_id=rogue.child_id)
+
+    child = await peer_row(runtime, rogue)
+    assert revoked.status_code == 200, revoked.text
+    assert finding.subject == grant["id"] and str(finding.peer_id) == rogue.child_id
+    assert finding.severity == "error"
+    assert finding.message.startswith(
+        f"{child.name} has not yet been told that grant {grant['id']} was revoked"
+    )
+    assert finding.details == {"grant_id": grant["id"], "problem": "UNAVAILABLE: the child answered 503"}
+    assert told == "told" and await open_findings(runtime, "grant_revoke_undelivered") == []
+    assert rogue.seen.requests[-1] == (f"/ok{API}/grants/{grant['id']}/revoke", None)

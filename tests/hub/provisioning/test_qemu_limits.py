@@ -223,3 +223,14 @@ async def test_destroying_a_node_whose_start_failed_twice_over_is_no_error(
     await QemuProvisioner().destroy(node=node)
 
     assert not node.work_dir.exists()
+
+
+def test_a_staged_file_gone_before_the_command_is_built_is_named(tmp_path: Path, kernel: Path) -> None:
+    files = stage_fw_cfg(payload(), tmp_path / "fw_cfg")
+    gone = files["opt/com.powernode/acceptance_token"]
+    gone.unlink()
+
+    with pytest.raises(ProvisionError) as refused:
+        qemu_command(VmSettings(kernel=kernel), work_dir=tmp_path, fw_cfg_files=files)
+
+    assert str(refused.value) == f"Staged fw_cfg file {gone} is missing"
