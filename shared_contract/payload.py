@@ -229,7 +229,7 @@ def _read_entry(root: Path, key: str) -> str:
     except FileNotFoundError:
         return ""
     try:
-        return raw.decode("utf-8").strip()
+        return raw.decode().strip()  # UTF-8, Python's default
     except UnicodeDecodeError as e:
         raise PayloadError(f"fw_cfg entry {key!r} is not valid UTF-8") from e
 
@@ -243,7 +243,7 @@ def read_fw_cfg_tree(root: Path = Path(GUEST_FW_CFG_ROOT)) -> SpawnPayload:
 def read_payload_file(path: Path = Path(FALLBACK_PAYLOAD_PATH)) -> SpawnPayload:
     """Read the JSON fallback file, trimmed like fw_cfg values; PayloadError if unusable."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode()  # UTF-8, Python's default
     except UnicodeDecodeError as e:
         raise PayloadError(f"Payload file {path} is not valid UTF-8") from e
     return SpawnPayload.from_json(text).trimmed()

@@ -10,6 +10,7 @@ import pytest
 
 from hub.config import FederationSettings, Settings
 from hub.embedded.process import free_port
+from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peering.heartbeats import HeartbeatBatcher
 from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
@@ -104,3 +105,12 @@ async def test_heartbeats_whose_batch_cannot_be_written_all_fail_and_none_is_lef
         await batcher.close()
         if fault != "database unreachable":
             await databases.drop(name)
+
+
+def test_an_identity_in_a_log_line_names_the_peer_and_whether_it_is_our_parent_never_its_fingerprint():
+    peer_id = uuid.uuid4()
+
+    child = PeerIdentity(peer_id, "ab" * 32)
+    parent = PeerIdentity(peer_id, "cd" * 32, as_parent=True)
+
+    assert (repr(child), repr(parent)) == (f"PeerIdentity({peer_id})", f"PeerIdentity({peer_id}, parent)")

@@ -102,3 +102,13 @@ async def test_the_local_store_reads_with_its_own_key_only(tmp_path: Path):
     with pytest.raises(SecretStoreUnavailable, match="cannot be decrypted with this key") as refused:
         await stranger.get("grants/one")
     assert "pngb_x" not in str(refused.value)
+
+
+def test_a_store_shows_where_it_is_never_its_key_or_token(openbao, tmp_path: Path):
+    local = LocalEncryptedStore(tmp_path / "data")
+    vault = VaultStore(addr=openbao.addr, token=openbao.token, mount="secret", namespace=None, timeout=5)
+
+    assert repr(local) == f"LocalEncryptedStore(root={str(tmp_path / 'data' / 'secrets')!r})"
+    assert repr(vault) == f"VaultStore(addr={openbao.addr!r}, mount='secret')"
+    assert (tmp_path / "data" / "secrets.key").read_text().strip() not in repr(local)
+    assert openbao.token not in repr(vault)

@@ -31,3 +31,7 @@ async def test_staged_until_destroyed_then_absent(tmp_path: Path) -> None:
     assert TOKEN in held
     assert await provisioner.status(node=node) == "absent"
     assert not node.work_dir.exists()
+
+
+def test_it_shows_as_what_it_is() -> None:
+    assert repr(ManualProvisioner()) == "ManualProvisioner()"
