@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 RESULT = re.compile(r"^\s+(\S+): (.+)$")
 MODULE = re.compile(r"^(.*?)\.x[_ǁ]")
+FINAL = ("killed", "timeout")
 
 
 def _mutmut_env(base: Path, jobs: int) -> tuple[dict[str, str], list]:
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--recheck",
         action="store_true",
-        help="run the surviving and no-tests mutants again (after adding tests); a plain run skips them",
+        help="run every mutant not killed yet, survivors included (a plain run keeps their verdict)",
     )
     parser.add_argument("--report-only", action="store_true", help="print the results of earlier runs")
     args = parser.parse_args(argv)
@@ -154,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     env, stack = _mutmut_env(base, args.jobs) if not args.report_only else (dict(os.environ), [])
     try:
         if not args.report_only:
-            again = (
-                [n for n, s in _results(env).items() if s in ("survived", "no tests")] if args.recheck else []
-            )
+            again = [n for n, s in _results(env).items() if s not in FINAL] if args.recheck else []
+            # a forgotten file's mutants are made again by this run, under names not known yet
+            again += [
+                path.removesuffix(".py").replace("/", ".") + ".*" for path in args.forget if args.recheck
+            ]
             if args.recheck and not again:
-                print("make mutate: no surviving mutants to check again")
+                print("make mutate: every mutant is killed")
             else:
                 _run_mutmut(env, args.budget_minutes * 60, args.jobs, again)
         score = report(env)
