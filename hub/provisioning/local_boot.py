@@ -1,5 +1,5 @@
-"""The child's init, in a local "VM" or a QEMU guest: the agent's first run (oneshot), then the
-child hub — only if it succeeded.
+"""The child's init in a local "VM": the agent's first run (oneshot), then the child hub — only if
+it succeeded. (The development QEMU guest's /init does the same in shell: hub.provisioning.guest.)
 
 Mirrors the systemd units of the child image (deploy/systemd): first-run is `Before=` the hub,
 and the hub `Requires=` it.
@@ -28,17 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--federation-port", type=int, required=True)
     parser.add_argument("--spawn-mode", default="managed_child")
-    parser.add_argument(
-        "--guest",
-        action="store_true",
-        help="inside a QEMU guest: the agent reads the guest kernel's /sys/firmware/qemu_fw_cfg",
-    )
     args = parser.parse_args(argv)
     data_dir = args.work_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     first_run = [_tool("powernode-child-agent"), "first-run", "--state-dir", str(data_dir / "agent")]
-    if not args.guest:  # a local "VM" keeps its fw_cfg tree in a directory
-        first_run += ["--fw-cfg-root", str(args.work_dir / "by_name")]
+    first_run += ["--fw-cfg-root", str(args.work_dir / "by_name")]  # a local "VM" keeps it in a directory
     if args.spawn_mode == "cluster_member":
         first_run += [
             "--standby-dir",
@@ -61,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         "--federation-port",
         str(args.federation_port),
     ]
-    if args.guest:  # reached through QEMU's host forwards, which connect to the guest's NIC address
-        serve += ["--host", "0.0.0.0"]  # noqa: S104 - the guest's network reaches nothing else
     print(f"[boot] starting the child hub: {' '.join(serve[1:])}", flush=True)
     os.execv(serve[0], serve)
     return 0  # not reached: execv replaces this process

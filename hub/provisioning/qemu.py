@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -372,14 +373,21 @@ class QemuProvisioner:
         if settings.accel == "tcg":  # every instruction emulated: initdb alone may take minutes
             env.setdefault("POWERNODE_EMBEDDED_TIMEOUT_FACTOR", str(TCG_TIMEOUT_FACTOR))
         data_dir = self.settings.data_dir if self.settings else work_dir
-        initrd = guest.build_initramfs(
-            kernel,
-            work_dir / INITRD,
-            cache=guest.cache_dir(data_dir),
-            mode=payload.spawn_mode,
-            env=env,
-            relay_ports=forwards,
-        )
+        guest.compile_source()
+        with contextlib.ExitStack() as stack:
+            seed = None
+            if guest.can_seed_database(payload.spawn_mode):
+                seed = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pn-seed-", dir="/tmp")))
+                guest.seed_database(seed, avoid_ports=forwards)
+            initrd = guest.build_initramfs(
+                kernel,
+                work_dir / INITRD,
+                cache=guest.cache_dir(data_dir),
+                mode=payload.spawn_mode,
+                env=env,
+                relay_ports=forwards,
+                seed=seed,
+            )
         hostfwd = {api_port: guest.GUEST_API_PORT, federation_port: guest.GUEST_FEDERATION_PORT}
         command = [
             settings.qemu_binary,

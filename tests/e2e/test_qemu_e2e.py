@@ -93,7 +93,7 @@ def assert_guest_ran_the_agent(parent: Hub, child: dict[str, Any], token: str) -
     assert shown.returncode == 0, shown.stderr
     console = shown.stdout
     # The agent ran without --fw-cfg-root: it read /sys/firmware/qemu_fw_cfg, the only place the token was.
-    [first_run] = [line for line in console.splitlines() if line.startswith("[boot] first run:")]
+    [first_run] = [line for line in console.splitlines() if line.startswith("[boot] first run")]
     assert "--fw-cfg-root" not in first_run
     assert f"accepting with the parent at https://{guest.PARENT_HOST}:" in console
     assert f"first run complete: peer {child['id']}" in console
@@ -178,3 +178,8 @@ def test_reinject_on_a_running_then_a_stopped_guest_and_a_parent_restart_reattac
     after = wait_next_heartbeat(parent, parent.child(child_id))
     assert after["status"] == "active" and after["node_instance"]["state"] == "running"
     assert guest_pid(node / PIDFILE) == running
+
+    destroyed = cli(parent, "children", "destroy-node", child_id)  # a guest this parent did not start
+
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert guest_pid(node / PIDFILE) is None and not node.exists()

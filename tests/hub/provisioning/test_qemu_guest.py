@@ -21,15 +21,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hub.provisioning import guest
 from hub.provisioning.base import NodeSpec, ProvisionError, ProvisionResult, TemplateSpec
 from hub.provisioning.qemu import QemuProvisioner
 from shared_contract.payload import SpawnPayload, read_fw_cfg_tree
-from tests.hub.provisioning.guest.initramfs import build_initramfs, find_kernel
+from tests.hub.provisioning.guest.initramfs import build_initramfs
 from tests.hub.provisioning.guest.serial import parse_serial, write_sysfs_tree
 
-KERNEL = find_kernel()
-if shutil.which("qemu-system-x86_64") is None or KERNEL is None:
-    pytest.skip("QEMU guest test not run: qemu-system-x86_64 / kernel not installed", allow_module_level=True)
+KERNEL = guest.find_kernel()
+if shutil.which("qemu-system-x86_64") is None or KERNEL is None or not guest.BUSYBOX.is_file():
+    pytest.skip(
+        "QEMU guest test not run: qemu-system-x86_64 / kernel / busybox-static not installed",
+        allow_module_level=True,
+    )
 pytestmark = pytest.mark.qemu
 BOOT_TIMEOUT_S = 300.0  # a bound for a hang: TCG on a shared, loaded machine is slow
 APPEND = "console=ttyS0 panic=-1 quiet no_timer_check"
