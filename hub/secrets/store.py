@@ -14,9 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-import hvac
-import hvac.exceptions
-import requests
 from cryptography.fernet import Fernet, InvalidToken
 
 from hub.config import Settings
@@ -142,6 +139,10 @@ class VaultStore:
     kind = "vault"
 
     def __init__(self, *, addr: str, token: str, mount: str, namespace: str | None, timeout: float):
+        # Imported here, not with the module: hvac pulls in requests, seconds of start-up for a
+        # hub that never talks to Vault (every hub on the local store, a child in an emulated guest).
+        import hvac
+
         self.addr = addr
         self.mount = mount
         self._client = hvac.Client(url=addr, token=token, namespace=namespace, timeout=timeout)
@@ -150,6 +151,9 @@ class VaultStore:
         return f"VaultStore(addr={self.addr!r}, mount={self.mount!r})"
 
     async def _call(self, fn: Any, **kwargs: Any) -> Any:
+        import hvac.exceptions
+        import requests
+
         try:
             return await asyncio.to_thread(fn, mount_point=self.mount, **kwargs)
         except hvac.exceptions.InvalidPath:
@@ -163,6 +167,8 @@ class VaultStore:
 
     async def create(self, path: str, data: dict[str, Any]) -> bool:
         """Check-and-set 0: written only if the path holds nothing yet; False when someone was first."""
+        import hvac.exceptions
+
         kv = self._client.secrets.kv.v2
         try:
             await self._call(kv.create_or_update_secret, path=_check_path(path), secret=data, cas=0)
