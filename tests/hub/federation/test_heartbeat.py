@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import asyncpg
@@ -83,9 +84,13 @@ async def test_the_header_is_believed_only_from_a_trusted_proxy(client, runtime,
 
 
 @pytest.mark.parametrize("fault", ["database unreachable", "statement fails"])
-async def test_heartbeats_whose_batch_cannot_be_written_all_fail_and_none_is_left_waiting(databases, fault):
+async def test_heartbeats_whose_batch_cannot_be_written_all_fail_and_none_is_left_waiting(
+    databases, fault, caplog
+):
     """Three peers beat at once on one connection (a batch of one, then a batch of two): each
-    heartbeat gets the database's error, and the batcher takes heartbeats again afterwards."""
+    heartbeat gets the database's error, the log says which error for how many, and the batcher
+    takes heartbeats again afterwards."""
+    caplog.set_level(logging.WARNING, logger="hub.federation.peering.heartbeats")
     if fault == "database unreachable":
         url = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
         expected: type[BaseException] = OSError
@@ -105,6 +110,10 @@ async def test_heartbeats_whose_batch_cannot_be_written_all_fail_and_none_is_lef
         await batcher.close()
         if fault != "database unreachable":
             await databases.drop(name)
+    error = type(results[0]).__name__
+    assert [r.getMessage() for r in caplog.records if r.name == "hub.federation.peering.heartbeats"] == [
+        f"heartbeat batch of {n} failed: {error}" for n in (1, 2, 1, 2)
+    ]
 
 
 def test_an_identity_in_a_log_line_names_the_peer_and_whether_it_is_our_parent_never_its_fingerprint():
