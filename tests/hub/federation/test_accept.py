@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import func, select, update
 
 from hub.audit.models import AuditEvent
 from hub.database import utcnow
+from hub.federation.accept import service as accept_service
 from hub.federation.grants.models import FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from tests.hub.helpers import ACCEPT, CHILDREN, make_csr, operator_headers, spawn
@@ -242,3 +244,36 @@ async def test_no_secret_in_logs_or_error_bodies(client, runtime, caplog):
     assert len(bodies) == 3
     for secret in secrets:
         assert secret not in everything
+
+
+async def test_the_job_for_a_spawn_that_died_deletes_only_a_bearer_nothing_names(client, runtime):
+    """A spawn stores its held grant's bearer before its commit; the job left for a spawn that died
+    deletes that bearer, and keeps one a spawned child names or a grant row uses."""
+    data = await spawn(client, await operator_headers(runtime), "managed_child")
+    async with runtime.sessionmaker() as session:
+        child = await session.get(FederationPeer, uuid.UUID(data["child"]["id"]))
+    named = uuid.UUID(child.metadata_["spawn"]["held_grant_id"])
+    orphan = uuid.UUID((await accept_service.prepare_held_grant(runtime))["held_grant_id"])
+    granted = uuid.UUID((await accept_service.prepare_held_grant(runtime))["held_grant_id"])
+    async with runtime.sessionmaker() as session, session.begin():
+        session.add(
+            FederationGrant(
+                id=granted,
+                peer_id=child.id,
+                direction="held",
+                resource_kind="managed_child_operator",
+                remote_subject="s",
+                permission_scopes=["read"],
+                expires_at=utcnow() + timedelta(days=1),
+            )
+        )
+
+    outcomes = {
+        name: await accept_service.forget_unclaimed_bearer(runtime, grant_id=grant_id)
+        for name, grant_id in (("orphan", orphan), ("named", named), ("granted", granted))
+    }
+
+    assert outcomes == {"orphan": "deleted", "named": "kept", "granted": "kept"}
+    assert await runtime.secrets.get(accept_service.bearer_secret_path(orphan)) is None
+    assert await runtime.secrets.get(accept_service.bearer_secret_path(named))
+    assert await runtime.secrets.get(accept_service.bearer_secret_path(granted))
