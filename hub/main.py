@@ -24,6 +24,7 @@ from hub.config import Settings, get_settings
 from hub.dependencies import require
 from hub.edge import Edge
 from hub.exceptions import HubError
+from hub.federation.accept import router as accept_router
 from hub.federation.peering import router as peering_router
 from hub.observability import scrape
 from hub.observability.context import RequestContextMiddleware
@@ -98,8 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class HubApp(FastAPI):
     """FastAPI behind the hub's edge (hub/edge.py: listener, proxy trust, body limits), except that
-    heartbeats skip the middleware stack and the router: at 10k/s those cost more than the
-    heartbeat itself (DESIGN §8)."""
+    heartbeats and accepts skip the middleware stack and the router: on those hot paths they cost
+    more than the work itself (DESIGN §8)."""
 
     edge: Edge | None = None
 
@@ -117,10 +118,20 @@ class HubApp(FastAPI):
         ):
             await guard.guarded(self._heartbeat, scope, receive, send)
             return
+        if (
+            scope["type"] == "http"
+            and scope["path"] == accept_router.ACCEPT_PATH
+            and scope["method"] == "POST"
+        ):
+            await guard.guarded(self._accept, scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
     async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
         await peering_router.heartbeat(self.state.runtime, scope, receive, send)
+
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await accept_router.serve_raw(self.state.runtime, scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's document, plus the links from the operations that return ids to those taking them."""

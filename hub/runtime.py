@@ -85,9 +85,10 @@ class HubRuntime:
         return self.primary_redis
 
     async def close(self) -> None:
-        heartbeats = self.extras.pop("heartbeats", None)
-        if heartbeats is not None:
-            await heartbeats.close()
+        for hot_path in ("heartbeats", "accepts"):  # their dedicated connections
+            connections = self.extras.pop(hot_path, None)
+            if connections is not None:
+                await connections.close()
         if self.primary_redis is not None:
             await self.primary_redis.aclose()
         await self.redis.aclose()

@@ -77,7 +77,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or secrets.token_hex(8)
+        request_id = request_id_of(scope)
         header = (REQUEST_ID_HEADER.encode(), request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -91,6 +91,11 @@ class RequestContextMiddleware:
         # handler, after this frame, and that line should still carry the request id. Each request
         # runs in its own task under uvicorn, so nothing leaks into the next one.
         _fields.reset(token)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's X-Request-ID if sane, else a fresh one."""
+    return _incoming_id(scope) or secrets.token_hex(8)
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import uuid
@@ -101,8 +102,9 @@ class FederationCA:
     def __repr__(self) -> str:
         return f"FederationCA(subject={self.cert.subject.rfc4514_string()!r})"
 
-    @property
+    @functools.cached_property
     def chain_pem(self) -> str:
+        """The CA certificate as PEM (encoded once: every accept answers it)."""
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
     def sign_peer_csr(

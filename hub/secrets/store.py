@@ -121,11 +121,12 @@ class LocalEncryptedStore:
         return create_private_file(self._file(path), self._fernet.encrypt(json.dumps(data).encode()))
 
     async def get(self, path: str) -> dict[str, Any] | None:
-        file = self._file(path)
-        if not file.exists():
+        try:
+            sealed = self._file(path).read_bytes()
+        except FileNotFoundError:
             return None
         try:
-            return json.loads(self._fernet.decrypt(file.read_bytes()))
+            return json.loads(self._fernet.decrypt(sealed))
         except InvalidToken as e:
             raise SecretStoreUnavailable(f"secret at {path} cannot be decrypted with this key") from e
 

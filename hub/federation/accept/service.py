@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hub.database import session_scope, utcnow
 from hub.exceptions import Conflict, Unauthorized, Unprocessable
 from hub.federation import endpoints
+from hub.federation.accept import fast
 from hub.federation.grants.models import MANAGED_CHILD_OPERATOR, FederationGrant
 from hub.federation.peers.models import AcceptanceToken, FederationPeer
 from hub.observability import metrics
@@ -232,7 +235,7 @@ async def _held_grant(
     )
     bearer: str | None
     if grant is None:
-        grant_id, bearer = await _prepared_bearer(runtime, peer)
+        grant_id, bearer = await _prepared_bearer(runtime, _prepared_id(peer))
         row = await (await _driver(session)).fetchrow(
             _INSERT_HELD_GRANT,
             grant_id,
@@ -337,9 +340,9 @@ async def forget_unused_bearer(session: AsyncSession, *, runtime: HubRuntime, pe
         await runtime.secrets.delete(bearer_secret_path(grant_id))
 
 
-async def _prepared_bearer(runtime: HubRuntime, peer: FederationPeer) -> tuple[uuid.UUID, str]:
+async def _prepared_bearer(runtime: HubRuntime, prepared: uuid.UUID | None) -> tuple[uuid.UUID, str]:
     """The prepared id and bearer; one made now under that id if the store lost it."""
-    grant_id = _prepared_id(peer) or uuid.uuid4()
+    grant_id = prepared or uuid.uuid4()
     stored = await runtime.secrets.get(bearer_secret_path(grant_id))
     if stored and stored.get("bearer"):
         return grant_id, str(stored["bearer"])
@@ -391,10 +394,19 @@ def _issued_at_accept(peer: FederationPeer, key_fp: str) -> str | None:
     return pem if ca_service.key_fingerprint(cert.public_key()) == key_fp else None
 
 
-@metrics.counts_accept_failures
-async def accept(
-    session: AsyncSession, *, runtime: HubRuntime, body: Any, request_host: str | None = None
-) -> AcceptResponseData:
+@dataclass(frozen=True)
+class _Parsed:
+    """An accept request checked before any query: the body, the CSR, the token's lookup key."""
+
+    request: AcceptRequest
+    agreed: int
+    csr: x509.CertificateSigningRequest | None
+    key_fp: str | None
+    public_id: str
+    secret_hash: str
+
+
+def _parse(body: Any) -> _Parsed:
     request, agreed = parse_request(body)
     plaintext = request.acceptance_token.strip()
     csr = ca_service.parse_csr(request.csr_pem) if request.csr_pem else None
@@ -402,8 +414,131 @@ async def accept(
     if public_id is None:
         raise Unauthorized(NOT_RECOGNIZED)
     key_fp = ca_service.key_fingerprint(csr.public_key()) if csr is not None else None
-    secret_hash = tokens.hash_secret(plaintext)
-    token = {"public_id": public_id, "secret_hash": secret_hash}
+    return _Parsed(request, agreed, csr, key_fp, public_id, tokens.hash_secret(plaintext))
+
+
+@metrics.counts_accept_failures
+async def accept_request(
+    runtime: HubRuntime, *, body: Any, request_host: str | None = None
+) -> AcceptResponseData:
+    """The accept endpoint: the common first accept on the fast path (fast.py), anything else in
+    one SQLAlchemy transaction."""
+    parsed = _parse(body)
+    data = await _accept_fast(runtime, parsed, request_host)
+    if data is not None:
+        return data
+    async with runtime.sessionmaker() as session:
+        return await _accept_in(session, runtime=runtime, parsed=parsed, request_host=request_host)
+
+
+def accept_connections(runtime: HubRuntime) -> fast.AcceptConnections:
+    connections = runtime.extras.get(fast.EXTRAS_KEY)
+    if connections is None:
+        connections = runtime.extras[fast.EXTRAS_KEY] = fast.AcceptConnections(
+            runtime.settings.database_url()
+        )
+    return connections
+
+
+def _response(
+    runtime: HubRuntime, *, peer_id: uuid.UUID, status: str, peer_kind: str, agreed: int,
+    accepted_at: datetime | None, spawn_mode: str, request_host: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "peer_id": str(peer_id),
+        "status": status,
+        "peer_kind": peer_kind,
+        "contract_version_agreed": agreed,
+        "accepted_at": _iso(accepted_at),
+        "handshake_at": _iso(None),
+        "spawn_mode": spawn_mode,
+        "parent_platform_url": runtime.settings.public_url,
+        "federation_url": endpoints.federation_url(
+            runtime.settings, runtime.extras, request_host=request_host
+        ),
+    }
+
+
+async def _accept_fast(
+    runtime: HubRuntime, parsed: _Parsed, request_host: str | None
+) -> AcceptResponseData | None:
+    """A fresh token's first accept in two round trips (fast.py); None: take the general way."""
+    connections = accept_connections(runtime)
+    found = await connections.lookup(parsed.public_id, parsed.secret_hash)
+    if found is None or found.spawn_mode == "cluster_member":
+        return None
+    request, csr, peer_id = parsed.request, parsed.csr, found.peer_id
+    fingerprint = serial = cert_pem = None
+    if csr is not None:
+        days = runtime.settings.federation.peer_cert_ttl_days
+        cert = runtime.ca.sign_peer_csr(csr, peer_id=peer_id, days=days)
+        fingerprint, serial = ca_service.cert_fingerprint(cert), format(cert.serial_number, "x")
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    grant_id = bearer = None
+    if found.spawn_mode == "managed_child":
+        grant_id, bearer = await _prepared_bearer(runtime, found.held_grant_id)
+    child = request.child
+    try:
+        row = await connections.commit(
+            parsed.public_id,
+            parsed.secret_hash,
+            peer_id,
+            parsed.key_fp,
+            parsed.agreed,
+            fast.dumps([e.model_dump(exclude_none=True) for e in request.endpoints]),
+            fast.dumps(request.capabilities),
+            fast.dumps(request.extension_slugs),
+            (child.platform_id or None) if child else None,
+            (child.url or None) if child else None,
+            fingerprint,
+            serial,
+            cert_pem,
+            grant_id,
+            f"parent-operator@{peer_id}",
+            bearer_secret_path(grant_id) if grant_id else None,
+            fast.dumps(
+                {
+                    "auto_issued_by": "managed_child_accept_cascade",
+                    "spawn_mode": found.spawn_mode,
+                    "spawn_role": found.spawn_role,
+                }
+            ),
+            runtime.settings.federation.grant_ttl_days,
+            fast.dumps({"token_public_id": parsed.public_id, "key_bound": parsed.key_fp is not None}),
+        )
+    except asyncpg.UniqueViolationError:  # the statement failed whole: nothing was consumed
+        raise Conflict("a live managed_child_operator grant already exists", code="GRANT_EXISTS") from None
+    if row is None:  # another accept of this token came first, or the peer moved on
+        return None
+    response = _response(
+        runtime, peer_id=peer_id, status=row["status"], peer_kind=found.peer_kind,
+        agreed=row["contract_version"] or parsed.agreed, accepted_at=row["accepted_at"],
+        spawn_mode=found.spawn_mode, request_host=request_host,
+    )  # fmt: skip
+    if cert_pem is not None:
+        response.update(
+            client_cert_pem=cert_pem, ca_chain_pem=runtime.ca.chain_pem, client_cert_fingerprint=fingerprint
+        )
+    if grant_id is not None:
+        response["grant"] = GrantInfo(
+            id=str(grant_id),
+            resource_kind=MANAGED_CHILD_OPERATOR,
+            permission_scopes=list(HELD_SCOPES),
+            remote_subject=f"parent-operator@{peer_id}",
+            expires_at=row["grant_expires_at"].isoformat(),
+            bearer_token=bearer,
+        )
+    metrics.accepted(retry=False)
+    return AcceptResponseData.model_validate(response)
+
+
+async def _accept_in(
+    session: AsyncSession, *, runtime: HubRuntime, parsed: _Parsed, request_host: str | None
+) -> AcceptResponseData:
+    request, agreed, csr, key_fp, public_id = (
+        parsed.request, parsed.agreed, parsed.csr, parsed.key_fp, parsed.public_id
+    )  # fmt: skip
+    token = {"public_id": public_id, "secret_hash": parsed.secret_hash}
     peer = await _consume_and_accept(session, **token, key_fp=key_fp, request=request, agreed=agreed)
     retry = False
     if peer is None:  # a used, unknown or expired token, or a peer that may not be accepted
@@ -415,19 +550,11 @@ async def accept(
             window = timedelta(seconds=runtime.settings.federation.accept_retry_window_seconds)
             peer = await _retry_peer(session, **token, key_fp=key_fp, window=window)
             retry = True
-    response: dict[str, Any] = {
-        "peer_id": str(peer.id),
-        "status": peer.status,
-        "peer_kind": peer.peer_kind,
-        "contract_version_agreed": peer.contract_version or agreed,
-        "accepted_at": _iso(peer.accepted_at),
-        "handshake_at": _iso(None),
-        "spawn_mode": peer.spawn_mode,
-        "parent_platform_url": runtime.settings.public_url,
-        "federation_url": endpoints.federation_url(
-            runtime.settings, runtime.extras, request_host=request_host
-        ),
-    }
+    response = _response(
+        runtime, peer_id=peer.id, status=peer.status, peer_kind=peer.peer_kind,
+        agreed=peer.contract_version or agreed, accepted_at=peer.accepted_at,
+        spawn_mode=peer.spawn_mode, request_host=request_host,
+    )  # fmt: skip
     fingerprint = serial = cert_pem = None
     if csr is not None and key_fp is not None:
         issued = _issued_at_accept(peer, key_fp) if retry else None

@@ -89,6 +89,45 @@ async def test_managed_child_grant_has_the_wire_compat_fields(client, runtime):
     assert [g["resource_kind"] for g in detail["grants"]] == ["managed_child_operator"]
 
 
+async def test_an_accept_refused_for_a_live_grant_leaves_nothing_behind(client, runtime):
+    """Consuming the token, accepting the peer, its grant and the audit event are one: when the
+    grant cannot be made (409), the token is not used up and the peer is still proposed."""
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "managed_child")
+    peer_id = data["child"]["id"]
+    async with runtime.sessionmaker() as session, session.begin():
+        existing = FederationGrant(
+            peer_id=peer_id,
+            direction="held",
+            resource_kind="managed_child_operator",
+            remote_subject="someone-else",
+            permission_scopes=["read"],
+            expires_at=utcnow() + timedelta(days=1),
+        )
+        session.add(existing)
+    body = {"acceptance_token": data["acceptance_token"], "contract_version": 1, "csr_pem": make_csr()[1]}
+
+    refused = await client.post(ACCEPT, json=body)
+
+    assert refused.status_code == 409 and refused.json()["code"] == "GRANT_EXISTS"
+    async with runtime.sessionmaker() as session:
+        token = await session.scalar(select(AcceptanceToken).where(AcceptanceToken.peer_id == peer_id))
+        peer = await session.get(FederationPeer, peer_id)
+        events = await session.scalar(select(func.count()).select_from(AuditEvent))
+        accepts = await session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "child.accept")
+        )
+    assert token is not None and token.consumed_at is None and token.consumed_by is None
+    assert peer is not None and peer.status == "proposed" and peer.client_cert_fingerprint is None
+    assert events >= 1 and accepts == 0
+    async with runtime.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(FederationGrant).where(FederationGrant.id == existing.id).values(revoked_at=utcnow())
+        )
+    accepted = await client.post(ACCEPT, json=body)
+    assert accepted.status_code == 200 and accepted.json()["data"]["grant"]["bearer_token"]
+
+
 @pytest.mark.parametrize("mode", ["autonomous_peer", "cluster_member"])
 async def test_no_grant_for_the_other_modes(client, runtime, mode):
     headers = await operator_headers(runtime)
