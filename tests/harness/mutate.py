@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run every mutant not killed yet, survivors included (a plain run keeps their verdict)",
     )
     parser.add_argument(
+        "--survivors", action="store_true", help="with --recheck, only the survived and no-tests mutants"
+    )
+    parser.add_argument(
         "--exclude",
         action="append",
         default=[],
@@ -173,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             again = [
                 name
                 for name, status in (_results(env).items() if args.recheck else ())
-                if status not in FINAL and not any(fnmatch.fnmatch(name, x) for x in args.exclude)
+                if status not in FINAL
+                and not (args.survivors and status == "not checked")
+                and not any(fnmatch.fnmatch(name, x) for x in args.exclude)
             ]
             # a forgotten file's mutants are made again by this run, under names not known yet
             again += [
