@@ -52,6 +52,9 @@ def test_a_port_taken_by_someone_else_is_a_clear_error_naming_it(scratch_dir):
     server.start()
     server.stop()
     with socket.socket() as squatter:
+        # The stopped server's connections may linger in TIME_WAIT on the port; a listener of our own
+        # may still bind (as PostgreSQL itself would), and it keeps the port taken all the same.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", server.port))
         squatter.listen()
 
