@@ -75,11 +75,12 @@ async def serve_raw(runtime: HubRuntime, scope: Scope, receive: Receive, send: S
                 raise
             log.error("unhandled error on POST %s: %s", ACCEPT_PATH, type(e).__name__, exc_info=e)
             status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
-    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (context.REQUEST_ID_HEADER.encode(), request_id.encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (context.REQUEST_ID_HEADER.encode(), request_id.encode()),
+        ]
+        # Inside the request's log context: the access line names the request id too.
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -316,3 +316,16 @@ async def test_the_job_for_a_spawn_that_died_deletes_only_a_bearer_nothing_names
     assert await runtime.secrets.get(accept_service.bearer_secret_path(orphan)) is None
     assert await runtime.secrets.get(accept_service.bearer_secret_path(named))
     assert await runtime.secrets.get(accept_service.bearer_secret_path(granted))
+
+
+async def test_accept_answers_with_the_request_id(client, runtime):
+    """Accept is served outside the middleware stack; it still echoes a sane X-Request-ID or mints one."""
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "managed_child")
+    body = {"acceptance_token": data["acceptance_token"], "contract_version": 1}
+
+    given = await client.post(ACCEPT, json=body, headers={"X-Request-ID": "accept-42"})
+    refused = await client.post(ACCEPT, json={"contract_version": 1}, headers={"X-Request-ID": "bad id"})
+
+    assert given.status_code == 200 and given.headers["x-request-id"] == "accept-42"
+    assert refused.status_code == 422 and refused.headers["x-request-id"] not in ("", "bad id")
