@@ -105,13 +105,16 @@ class AcceptConnections:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await asyncpg.connect(self._dsn)
+            connection = self._idle.pop() if self._idle else await self._connect()
             try:
                 yield connection
             except BaseException:
                 await _discard(connection)
                 raise
             self._idle.append(connection)
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self._dsn, server_settings={"application_name": "powernode-hub"})
 
     async def lookup(self, public_id: str, secret_hash: str) -> Proposed | None:
         async with self.connection() as connection:
