@@ -54,6 +54,7 @@ SERIAL_LOG = "serial.log"
 QEMU_LOG = "qemu.log"
 PIDFILE = "qemu.pid"
 INITRD = "initramfs.cpio"
+NODE_DISK = "disk.qcow2"  # this node's own writes over the template's image, which stays untouched
 # no_timer_check: on a loaded host an emulated CPU can miss the boot-time IO-APIC timer check and panic.
 DEVELOPMENT_APPEND = "console=ttyS0 panic=-1 quiet no_timer_check"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -140,7 +141,7 @@ def qemu_command(
         *("-accel", settings.accel, "-m", str(settings.memory_mb), "-smp", str(settings.cpus)),
         *("-display", "none", "-monitor", "none", "-serial", f"file:{work_dir / SERIAL_LOG}"),
         *("-no-reboot", "-daemonize", "-pidfile", str(work_dir / PIDFILE)),
-        *_boot_args(settings),
+        *_boot_args(settings, work_dir),
         *network,
     ]
     return with_fw_cfg(command, fw_cfg_files)
@@ -159,7 +160,7 @@ def with_fw_cfg(command: Sequence[str], fw_cfg_files: Mapping[str, Path]) -> lis
     return kept + qemu_fw_cfg_args(dict(fw_cfg_files))
 
 
-def _boot_args(settings: VmSettings) -> list[str]:
+def _boot_args(settings: VmSettings, work_dir: Path) -> list[str]:
     args: list[str] = []
     if settings.kernel:
         args += ["-kernel", str(settings.kernel)]
@@ -168,15 +169,49 @@ def _boot_args(settings: VmSettings) -> list[str]:
     if settings.append:
         args += ["-append", settings.append]
     if settings.disk_image:
-        drive = f"file={qemu_opt_value(str(settings.disk_image))},format={settings.disk_format},if=virtio"
+        drive = f"file={qemu_opt_value(str(work_dir / NODE_DISK))},format=qcow2,if=virtio"
         args += ["-drive", drive]
     return args
+
+
+def node_disk(settings: VmSettings, work_dir: Path) -> Path:
+    """The node's own disk: a qcow2 overlay backed by the template's image, made once per node (a
+    reinject boots the same disk again). QEMU writes and locks only the overlay, so any number of
+    children can boot from one image and the image itself never changes."""
+    disk = work_dir / NODE_DISK
+    if disk.exists() or settings.disk_image is None:
+        return disk
+    work_dir.mkdir(parents=True, exist_ok=True)
+    image = settings.disk_image.absolute()
+    command = [
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        str(image),
+        "-F",
+        settings.disk_format,
+        str(disk),
+    ]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+    except subprocess.CalledProcessError as e:
+        raise ProvisionError(
+            f"qemu-img could not make the node's disk over {image}: {e.stderr.strip()}"
+        ) from e
+    return disk
 
 
 def preflight(settings: VmSettings) -> None:
     """Refuse to start when the QEMU binary or a kernel, initrd or disk image file is missing."""
     if shutil.which(settings.qemu_binary) is None:
         raise ProvisionError(f"QEMU binary {settings.qemu_binary!r} not found; install qemu-system-x86")
+    if settings.disk_image and shutil.which("qemu-img") is None:
+        raise ProvisionError(
+            "qemu-img not found (each node boots its own overlay of the image); install qemu-utils"
+        )
     for label, path in settings.files().items():
         if not path.is_file():
             raise ProvisionError(f"vm.{label} {str(path)!r} is not a file")
@@ -344,6 +379,7 @@ class QemuProvisioner:
             raise ProvisionError(f"Node {node.id} already has a running QEMU guest; reinject or destroy it")
         if settings.development:
             return self._provision_development(node, work_dir, settings, payload)
+        node_disk(settings, work_dir)
         if settings.network != "user":
             files = stage_fw_cfg(payload, work_dir / FW_CFG_DIR)
             return self._start(work_dir, qemu_command(settings, work_dir=work_dir, fw_cfg_files=files))

@@ -147,7 +147,13 @@ async def test_reinject_boots_the_guest_again_with_the_rotated_token(
     assert read["acceptance_token"] == b"pn_tok_second"
 
 
+def needs_qemu_img() -> None:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("image guest test not run: qemu-img (qemu-utils) not installed")
+
+
 async def test_reinject_restarts_a_running_guest_and_destroy_stops_it(tmp_path: Path) -> None:
+    needs_qemu_img()
     disk = tmp_path / "blank.img"
     disk.write_bytes(bytes(1024 * 1024))  # SeaBIOS finds nothing to boot and keeps retrying
     template = TemplateSpec(id="idle", modules=(), vm={"disk_image": str(disk), "memory_mb": 64})
@@ -171,3 +177,35 @@ async def test_reinject_restarts_a_running_guest_and_destroy_stops_it(tmp_path: 
     assert await provisioner.status(node=node) == "stopped"
     assert not running(rotated.details["pid"])
     assert not (node.work_dir / "fw_cfg").exists()
+
+
+async def test_children_of_one_image_boot_side_by_side_and_never_write_to_it(tmp_path: Path) -> None:
+    """Each node boots its own overlay of the template's image: QEMU locks and writes only that."""
+    needs_qemu_img()
+    image = tmp_path / "template.img"
+    image.write_bytes(bytes(1024 * 1024))
+    template = TemplateSpec(id="idle", modules=(), vm={"disk_image": str(image), "memory_mb": 64})
+    provisioner = QemuProvisioner(stop_timeout_s=5.0)
+    nodes = [
+        NodeSpec(id=uuid.uuid4(), name=f"idle-{i}", region=None, work_dir=tmp_path / f"node{i}")
+        for i in (1, 2)
+    ]
+    results = []
+    try:
+        for node in nodes:
+            results.append(
+                await provisioner.provision(node=node, template=template, payload=spawn_payload("pn_tok"))
+            )
+        states = [await provisioner.status(node=node) for node in nodes]
+        disks = [node.work_dir / "disk.qcow2" for node in nodes]
+        assert all(disk.is_file() for disk in disks)
+        assert all(
+            f"file={disk}" in ",".join(r.details["command"]) for disk, r in zip(disks, results, strict=True)
+        )
+    finally:
+        for node in nodes:
+            await provisioner.destroy(node=node)
+
+    assert states == ["running", "running"]
+    assert image.read_bytes() == bytes(1024 * 1024)
+    assert not any(node.work_dir.exists() for node in nodes)
