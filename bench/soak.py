@@ -148,9 +148,13 @@ def main() -> int:
                         threads=THREADS,
                         connections=CONNECTIONS,
                         seconds=WINDOW,
-                        script_args=[str(sent // THREADS * THREADS)],
+                        script_args=[str(sent // THREADS * THREADS), f"{delay_ms:.1f}"],
                     )
                 sent += run.requests
+                # wrk's connections are closed loops: each waits for its answer, then pauses. Give the
+                # next window the pause that, after this window's answer times, beats at the fleet's rate.
+                answer_ms = max(0.0, CONNECTIONS / max(run.rate, 1.0) * 1000 - delay_ms)
+                delay_ms = max(0.0, CONNECTIONS / rate * 1000 - answer_ms)
                 window = {
                     "t": time.monotonic() - started,
                     "rate": run.rate,
@@ -165,7 +169,8 @@ def main() -> int:
                     f"  {window['t']:6.0f}s  {run.rate:7,.0f}/s  p50 {run.p50:6.2f} ms  "
                     f"p99 {run.p99:6.2f} ms  "
                     f"RSS {window['rss_mb']:6.1f} MiB  hub CPU {window['cpu_us']:4.0f} µs/heartbeat  "
-                    f"errors {run.errors}  (other work on the machine: {cpu.foreign_share:.0%})",
+                    f"errors {run.errors}  next pause {delay_ms:.1f} ms  "
+                    f"(other work on the machine: {cpu.foreign_share:.0%})",
                     flush=True,
                 )
         finally:

@@ -96,7 +96,8 @@ def rotating_header_script(
     connection waits that long between requests (a paced load rather than a flood)."""
     listing = path.with_suffix(".values")
     listing.write_text("\n".join(values) + "\n")
-    pacing = f"function delay()\n  return {delay_ms}\nend\n" if delay_ms else ""
+    # The pause may be given anew per run as the script's second argument (`soak` corrects it).
+    pacing = "function delay()\n  return pause\nend\n" if delay_ms is not None else ""
     path.write_text(
         f"""local values = {{}}
 for line in io.lines("{listing}") do values[#values + 1] = line end
@@ -112,6 +113,7 @@ end
 function init(args)
   step = {threads}
   i = first
+  pause = tonumber(args[2] or "{delay_ms or 0}")
 end
 
 wrk.method = "POST"
