@@ -96,25 +96,6 @@ async def _retry_peer(
     return peer
 
 
-def _accepted_values(request: AcceptRequest, agreed: int) -> dict[str, Any]:
-    now = utcnow()
-    child = request.child
-    values: dict[str, Any] = {
-        "status": "accepted",
-        "accepted_at": now,
-        "updated_at": now,
-        "contract_version": agreed,
-        "endpoints": [e.model_dump(exclude_none=True) for e in request.endpoints],
-        "capabilities": request.capabilities,
-        "extension_slugs": request.extension_slugs,
-    }
-    if child is not None:
-        values.update(
-            {k: v for k, v in {"remote_platform_id": child.platform_id, "remote_url": child.url}.items() if v}
-        )
-    return values
-
-
 def _consumable(public_id: str, secret_hash: str) -> list[Any]:
     return [
         AcceptanceToken.public_id == public_id,
@@ -182,21 +163,6 @@ async def _consume_and_accept(
     fields = dict(row) | {"metadata_": json.loads(metadata) if isinstance(metadata, str) else metadata}
     del fields["metadata"]
     return FederationPeer(**fields)
-
-
-async def _mark_accepted(
-    session: AsyncSession, *, peer_id: uuid.UUID, request: AcceptRequest, agreed: int
-) -> FederationPeer:
-    peer = await session.scalar(
-        update(FederationPeer)
-        .where(FederationPeer.id == peer_id, FederationPeer.status == "proposed")
-        .values(**_accepted_values(request, agreed))
-        .returning(FederationPeer)
-        .execution_options(populate_existing=True)
-    )
-    if peer is None:
-        raise Unprocessable("Transition to accepted is not allowed for this peer", code="INVALID_TRANSITION")
-    return peer
 
 
 HELD_SCOPES = ("read", "write", "admin")
@@ -544,8 +510,10 @@ async def _accept_in(
     if peer is None:  # a used, unknown or expired token, or a peer that may not be accepted
         await session.rollback()
         peer_id = await _consume(session, **token, key_fp=key_fp)
-        if peer_id is not None:
-            peer = await _mark_accepted(session, peer_id=peer_id, request=request, agreed=agreed)
+        if peer_id is not None:  # a live token whose peer is no longer `proposed`: nothing is kept
+            raise Unprocessable(
+                "Transition to accepted is not allowed for this peer", code="INVALID_TRANSITION"
+            )
         else:
             window = timedelta(seconds=runtime.settings.federation.accept_retry_window_seconds)
             peer = await _retry_peer(session, **token, key_fp=key_fp, window=window)
