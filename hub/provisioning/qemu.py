@@ -208,13 +208,13 @@ def preflight(settings: VmSettings) -> None:
     """Refuse to start when the QEMU binary or a kernel, initrd or disk image file is missing."""
     if shutil.which(settings.qemu_binary) is None:
         raise ProvisionError(f"QEMU binary {settings.qemu_binary!r} not found; install qemu-system-x86")
+    for label, path in settings.files().items():
+        if not path.is_file():
+            raise ProvisionError(f"vm.{label} {str(path)!r} is not a file")
     if settings.disk_image and shutil.which("qemu-img") is None:
         raise ProvisionError(
             "qemu-img not found (each node boots its own overlay of the image); install qemu-utils"
         )
-    for label, path in settings.files().items():
-        if not path.is_file():
-            raise ProvisionError(f"vm.{label} {str(path)!r} is not a file")
 
 
 def guest_pid(pidfile: Path) -> int | None:
