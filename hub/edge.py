@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.wire import error_body
+from hub.wire import error_body, send_json
 
 SOCKET_PEER = "powernode.socket_peer"
 LISTENER = "powernode.listener"
@@ -84,13 +84,7 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _refuse(send: Send, status: int, message: str, code: str) -> None:
     body = json.dumps(error_body(message, code), separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, body, (b"connection", b"close"))
 
 
 class _TooLarge(Exception):

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.wire import error_body
+from hub.wire import error_body, send_json
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +182,7 @@ async def guarded(
                 "%s %s: %s unavailable (%s)", scope.get("method"), scope.get("path"), kind, type(e).__name__
             )
             status, body = unavailable_response(kind)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"2"),
-            ]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, status, body, (b"retry-after", b"2"))
             return
 
 

@@ -19,7 +19,7 @@ from hub.exceptions import HubError, Unprocessable
 from hub.federation.accept import service as accept_service
 from hub.observability import context
 from hub.runtime import HubRuntime
-from hub.wire import envelope, error_body
+from hub.wire import envelope, error_body, send_json
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/system/federation_api", tags=["federation"])
@@ -76,11 +76,5 @@ async def serve_raw(runtime: HubRuntime, scope: Scope, receive: Receive, send: S
             log.error("unhandled error on POST %s: %s", ACCEPT_PATH, type(e).__name__, exc_info=e)
             status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
         body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (context.REQUEST_ID_HEADER.encode(), request_id.encode()),
-        ]
         # Inside the request's log context: the access line names the request id too.
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, body, (context.REQUEST_ID_HEADER.encode(), request_id.encode()))

@@ -166,6 +166,20 @@ async def _consume_and_accept(
 
 
 HELD_SCOPES = ("read", "write", "admin")
+
+
+def _held_grant_info(grant_id: Any, peer_id: Any, expires_at: datetime, bearer: str | None) -> GrantInfo:
+    """The accept answer's grant: the operator grant the parent holds on a managed_child."""
+    return GrantInfo(
+        id=str(grant_id),
+        resource_kind=MANAGED_CHILD_OPERATOR,
+        permission_scopes=list(HELD_SCOPES),
+        remote_subject=f"parent-operator@{peer_id}",
+        expires_at=expires_at.isoformat(),
+        bearer_token=bearer,
+    )
+
+
 _INSERT_HELD_GRANT = """
     INSERT INTO federation_grant (id, peer_id, direction, resource_kind, remote_subject,
         permission_scopes, allowlists, bearer_secret_ref, metadata, created_at, expires_at)
@@ -219,14 +233,7 @@ async def _held_grant(
         )
         if row is None:
             raise Conflict("a live managed_child_operator grant already exists", code="GRANT_EXISTS")
-        return GrantInfo(
-            id=str(grant_id),
-            resource_kind=MANAGED_CHILD_OPERATOR,
-            permission_scopes=list(HELD_SCOPES),
-            remote_subject=f"parent-operator@{peer.id}",
-            expires_at=row["expires_at"].isoformat(),
-            bearer_token=bearer,
-        )
+        return _held_grant_info(grant_id, peer.id, row["expires_at"], bearer)
     if grant.state() != "active" or not grant.bearer_secret_ref:
         return None
     if with_bearer:
@@ -486,14 +493,7 @@ async def _accept_fast(
             client_cert_pem=cert_pem, ca_chain_pem=runtime.ca.chain_pem, client_cert_fingerprint=fingerprint
         )
     if grant_id is not None:
-        response["grant"] = GrantInfo(
-            id=str(grant_id),
-            resource_kind=MANAGED_CHILD_OPERATOR,
-            permission_scopes=list(HELD_SCOPES),
-            remote_subject=f"parent-operator@{peer_id}",
-            expires_at=row["grant_expires_at"].isoformat(),
-            bearer_token=bearer,
-        )
+        response["grant"] = _held_grant_info(grant_id, peer_id, row["grant_expires_at"], bearer)
     metrics.accepted(retry=False)
     return AcceptResponseData.model_validate(response)
 

@@ -27,7 +27,7 @@ from hub.federation.policies import service as policies_service
 from hub.federation.policies.schemas import CascadeRequest, CascadeResult, PolicyList, PolicyView
 from hub.runtime import HubRuntime
 from hub.spawn.schemas import RevokeRequest
-from hub.wire import Envelope, envelope, error_body
+from hub.wire import Envelope, envelope, error_body, send_json
 from shared_contract.enroll import EnrollRequest
 from shared_contract.heartbeat import HeartbeatRequest
 from shared_contract.renew import RenewRequest
@@ -305,7 +305,4 @@ async def heartbeat(runtime: HubRuntime, scope: Scope, receive: Receive, send: S
     except Exception as e:  # still the one error shape, never uvicorn's bare 500 and a traceback out
         log.error("unhandled error on a heartbeat: %s", type(e).__name__, exc_info=e)
         status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, json.dumps(payload, separators=(",", ":")).encode())
