@@ -183,6 +183,7 @@ def node_disk(settings: VmSettings, work_dir: Path) -> Path:
         return disk
     work_dir.mkdir(parents=True, exist_ok=True)
     image = settings.disk_image.absolute()
+    partial = disk.with_suffix(".partial")  # renamed whole: a kill -9 mid-create leaves no half disk
     command = [
         "qemu-img",
         "create",
@@ -193,7 +194,7 @@ def node_disk(settings: VmSettings, work_dir: Path) -> Path:
         str(image),
         "-F",
         settings.disk_format,
-        str(disk),
+        str(partial),
     ]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
@@ -201,6 +202,7 @@ def node_disk(settings: VmSettings, work_dir: Path) -> Path:
         raise ProvisionError(
             f"qemu-img could not make the node's disk over {image}: {e.stderr.strip()}"
         ) from e
+    partial.replace(disk)
     return disk
 
 
