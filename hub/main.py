@@ -26,6 +26,7 @@ from hub.edge import Edge
 from hub.exceptions import HubError
 from hub.federation.accept import router as accept_router
 from hub.federation.peering import router as peering_router
+from hub.federation.peers import listing
 from hub.observability import scrape
 from hub.observability.context import RequestContextMiddleware
 from hub.operators.permissions import METRICS_READ
@@ -99,8 +100,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class HubApp(FastAPI):
     """FastAPI behind the hub's edge (hub/edge.py: listener, proxy trust, body limits), except that
-    heartbeats and accepts skip the middleware stack and the router: on those hot paths they cost
-    more than the work itself (DESIGN §8)."""
+    heartbeats, accepts and the children list skip the middleware stack and the router: on those
+    hot paths they cost more than the work itself (DESIGN §8)."""
 
     edge: Edge | None = None
 
@@ -124,6 +125,13 @@ class HubApp(FastAPI):
             and scope["method"] == "POST"
         ):
             await guard.guarded(self._accept, scope, receive, send)
+            return
+        if (
+            scope["type"] == "http"
+            and scope["path"] == listing.CHILDREN_PATH
+            and scope["method"] == "GET"
+            and await listing.serve_raw(self.state.runtime, scope, send)
+        ):
             return
         await super().__call__(scope, receive, send)
 

@@ -85,7 +85,7 @@ class HubRuntime:
         return self.primary_redis
 
     async def close(self) -> None:
-        for hot_path in ("heartbeats", "accepts"):  # their dedicated connections
+        for hot_path in ("heartbeats", "accepts", "children"):  # their dedicated connections
             connections = self.extras.pop(hot_path, None)
             if connections is not None:
                 await connections.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.database import utcnow
@@ -76,26 +77,49 @@ async def create_operator_token(
     return row, issued.plaintext
 
 
+# The live token with this public id and secret hash, and its permissions, in one statement that
+# both the ORM path and the children list's raw path (hub/federation/peers/fast.py) run. last_used_at
+# is written at most once a minute: a token's use is news at that grain, and then a read stays a
+# read (no commit to wait for). $1 public id, $2 secret hash.
+AUTHENTICATE = """
+    WITH token AS (
+        SELECT id, name, permissions, last_used_at FROM operator_token
+        WHERE public_id = $1 AND token_hash = $2 AND revoked_at IS NULL
+          AND (expires_at IS NULL OR expires_at > now())
+    ), used AS (
+        UPDATE operator_token AS o SET last_used_at = now() FROM token
+        WHERE o.id = token.id
+          AND (token.last_used_at IS NULL OR token.last_used_at < now() - interval '1 minute')
+    )
+    SELECT id, name, ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions FROM token
+"""
+
+
+def bearer_parts(bearer: str | None) -> tuple[str, str] | None:
+    """The public id and secret hash of a well-formed operator token, else None."""
+    public_id = tokens.public_id_of(tokens.OPERATOR_TOKEN_PREFIX, bearer) if bearer else None
+    return None if public_id is None else (public_id, tokens.hash_secret(bearer or ""))
+
+
+def operator_of(row: Any) -> Operator | None:
+    """The AUTHENTICATE row as an Operator; None without a row."""
+    if row is None:
+        return None
+    return Operator(id=str(row[0]), name=row[1], permissions=frozenset(row[2]))
+
+
 async def authenticate(session: AsyncSession, *, bearer: str | None) -> Operator:
     if not bearer:
         raise Unauthorized("Missing operator token (Authorization: Bearer <token>)")
-    public_id = tokens.public_id_of(tokens.OPERATOR_TOKEN_PREFIX, bearer)
-    row = None
-    if public_id is not None:
-        row = await session.scalar(
-            select(OperatorToken).where(
-                OperatorToken.public_id == public_id,
-                OperatorToken.revoked_at.is_(None),
-                or_(OperatorToken.expires_at.is_(None), OperatorToken.expires_at > utcnow()),
-            )
-        )
+    parts = bearer_parts(bearer)
+    operator = None
+    if parts is not None:
+        connection = await session.connection()
+        operator = operator_of((await connection.exec_driver_sql(AUTHENTICATE, parts)).first())
     # Unknown, wrong, revoked and expired tokens all get this one answer.
-    if row is None or not tokens.matches(bearer, row.token_hash):
+    if operator is None:
         raise Unauthorized("Invalid operator token")
-    await session.execute(
-        update(OperatorToken).where(OperatorToken.id == row.id).values(last_used_at=utcnow())
-    )
-    return Operator(id=str(row.id), name=row.name, permissions=frozenset(row.permissions))
+    return operator
 
 
 async def list_operator_tokens(session: AsyncSession) -> list[OperatorToken]:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 
 from hub.dependencies import OperatorT, RuntimeDep, SessionDep, require
+from hub.federation.peers import listing
 from hub.federation.peers import service as peers_service
 from hub.federation.peers.schemas import ChildEnvelope, ChildList
 from hub.operators import permissions
@@ -39,20 +40,15 @@ async def list_children(
     operator: Reader,
     spawn_mode: str | None = None,
     status: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=peers_service.MAX_PAGE)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=listing.MAX_PAGE)] = listing.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=listing.MAX_CURSOR)] = None,
 ) -> dict:
-    """List the children this hub spawned, newest first (keyset pagination)."""
-    peers, next_cursor = await peers_service.list_children(
-        session,
-        spawn_mode=spawn_mode,
-        statuses=peers_service.parse_statuses(status),
-        limit=limit,
-        cursor=cursor,
-    )
-    children = await peers_service.summaries(session, peers)
-    meta = {"count": len(children), "limit": limit, "next_cursor": next_cursor}
-    return envelope(ChildList(children=children, count=len(children)), meta=meta)
+    """List the children this hub spawned, newest first (keyset pagination). The hub answers this
+    on its raw path (listing.serve_raw); this route answers what that one leaves to it."""
+    query = listing.page_query(spawn_mode=spawn_mode, status=status, limit=limit, cursor=cursor)
+    sql, args = query.statement()
+    rows = (await (await session.connection()).exec_driver_sql(sql, tuple(args))).all()
+    return listing.page(list(rows), query)
 
 
 @router.get("/{child_id}", response_model=Envelope[ChildEnvelope])

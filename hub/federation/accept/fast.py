@@ -9,25 +9,20 @@ every part of the accept hangs on its RETURNING, so a loser writes nothing. What
 does not cover (a used, unknown or expired token, a retry, a cluster_member, a lost race) gets
 None here and goes the general way in service.py, in one SQLAlchemy transaction.
 
-The connections are asyncpg's own, kept idle between requests: no ORM session, no pool reset
-round trip, no explicit BEGIN/COMMIT.
+The connections are accept's own (hub/hotpath.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from hub.federation.peering.heartbeats import asyncpg_dsn
+from hub import hotpath
 
-CONNECTIONS = 8
 EXTRAS_KEY = "accepts"
 
 _LOOKUP = """
@@ -91,30 +86,8 @@ class Proposed:
     held_grant_id: uuid.UUID | None
 
 
-class AcceptConnections:
-    """Up to `limit` asyncpg connections of accept's own; one that failed is closed, not kept."""
-
-    def __init__(self, database_url: str, *, limit: int = CONNECTIONS):
-        self._dsn = asyncpg_dsn(database_url)
-        self._slots = asyncio.Semaphore(limit)
-        self._idle: list[asyncpg.Connection] = []
-
-    def __repr__(self) -> str:
-        return f"AcceptConnections(idle={len(self._idle)})"
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
-            try:
-                yield connection
-            except BaseException:
-                await _discard(connection)
-                raise
-            self._idle.append(connection)
-
-    async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self._dsn, server_settings={"application_name": "powernode-hub"})
+class AcceptConnections(hotpath.Connections):
+    """Accept's own connections (hub/hotpath.py) and its two statements."""
 
     async def lookup(self, public_id: str, secret_hash: str) -> Proposed | None:
         async with self.connection() as connection:
@@ -135,18 +108,6 @@ class AcceptConnections:
         async with self.connection() as connection:
             return await connection.fetchrow(_CONSUME_ACCEPT_SIGN_GRANT_AUDIT, *args)
 
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await _discard(connection)
-
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-async def _discard(connection: asyncpg.Connection) -> None:
-    try:
-        await connection.close(timeout=5)
-    except Exception:  # a broken connection closes badly; it is dropped either way
-        connection.terminate()

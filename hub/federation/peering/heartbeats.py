@@ -18,6 +18,8 @@ from datetime import datetime
 
 import asyncpg
 
+from hub.hotpath import asyncpg_dsn, discard
+
 log = logging.getLogger(__name__)
 HEARTBEAT_STATUSES = ("enrolled", "active", "degraded")
 
@@ -83,13 +85,6 @@ class _Batch:
     waiters: list[tuple[uuid.UUID, asyncio.Future[Beat | None]]] = field(default_factory=list)
 
 
-def asyncpg_dsn(database_url: str) -> str:
-    for prefix in ("postgresql+asyncpg://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql://" + database_url[len(prefix) :]
-    return database_url
-
-
 class HeartbeatBatcher:
     """Commits heartbeats in batches on up to `connections` dedicated connections."""
 
@@ -153,7 +148,7 @@ class HeartbeatBatcher:
                 [x.data_residency for x in r],
             )
         except Exception as e:  # every waiter learns of the failure; none is left hanging
-            await _discard(connection)
+            await discard(connection)
             return _fail(batch, e)
         self._idle.append(connection)
         results = {
@@ -168,7 +163,7 @@ class HeartbeatBatcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         idle, self._idle = self._idle, []
         for connection in idle:
-            await _discard(connection)
+            await discard(connection)
 
 
 def _fail(batch: _Batch, error: BaseException) -> None:
@@ -176,10 +171,3 @@ def _fail(batch: _Batch, error: BaseException) -> None:
     for _, future in batch.waiters:
         if not future.done():
             future.set_exception(error)
-
-
-async def _discard(connection: asyncpg.Connection) -> None:
-    try:
-        await connection.close(timeout=5)
-    except Exception:  # a broken connection closes badly; it is dropped either way
-        connection.terminate()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, cast, literal, or_, select, update
+from sqlalchemy import cast, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,16 +19,14 @@ from hub.federation.findings.models import Finding
 from hub.federation.grants import service as grants_service
 from hub.federation.grants.models import FederationGrant
 from hub.federation.peers import jobs as peers_jobs
+from hub.federation.peers import listing
 from hub.federation.peers.models import (
-    PEER_STATUSES,
-    SPAWN_MODES,
     SPAWN_ROLES,
     AcceptanceToken,
     FederationPeer,
 )
 from hub.federation.peers.schemas import (
     ChildDetail,
-    ChildSummary,
     FindingView,
     GrantView,
     NodeInstanceView,
@@ -39,7 +36,8 @@ from hub.outbox import service as outbox_service
 from hub.provisioning.models import NodeInstance
 from hub.runtime import HubRuntime
 
-MAX_PAGE = 500
+MAX_PAGE = listing.MAX_PAGE
+parse_statuses = listing.parse_statuses
 DEFAULT_REVOCATION_REASON = "operator-initiated"
 
 
@@ -96,11 +94,6 @@ def _summary_fields(peer: FederationPeer, token_expires_at: datetime | None) -> 
         "region": peer.region,
         "emancipated": peer.emancipated_at is not None,
     }
-
-
-async def summaries(session: AsyncSession, peers: list[FederationPeer]) -> list[ChildSummary]:
-    tokens = await _live_tokens(session, [p.id for p in peers])
-    return [ChildSummary(**_summary_fields(p, tokens.get(p.id))) for p in peers]
 
 
 def peer_summary(peer: FederationPeer) -> PeerSummary:
@@ -209,58 +202,6 @@ async def detail(session: AsyncSession, peer: FederationPeer) -> ChildDetail:
         node_instance=node_instance_view(node) if node else None,
         findings=[finding_view(f) for f in findings],
     )
-
-
-def encode_cursor(peer: FederationPeer) -> str:
-    raw = f"{peer.created_at.isoformat()}|{peer.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, peer_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(peer_id)
-    except ValueError as e:
-        raise ValidationFailed("cursor is not a cursor this API returned") from e
-
-
-def parse_statuses(value: str | None) -> list[str]:
-    statuses = [s.strip() for s in (value or "").split(",") if s.strip()]
-    unknown = sorted(set(statuses) - set(PEER_STATUSES))
-    if unknown:
-        raise ValidationFailed(f"Unknown status {unknown}; statuses: {', '.join(PEER_STATUSES)}")
-    return statuses
-
-
-async def list_children(
-    session: AsyncSession,
-    *,
-    spawn_mode: str | None,
-    statuses: list[str],
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[FederationPeer], str | None]:
-    """Newest first, keyset-paginated on (created_at, id)."""
-    if spawn_mode is not None and spawn_mode not in SPAWN_MODES:
-        raise ValidationFailed(f"Unknown spawn_mode {spawn_mode!r}; modes: {', '.join(SPAWN_MODES)}")
-    query = select(FederationPeer).where(FederationPeer.spawn_role == "parent")
-    if spawn_mode:
-        query = query.where(FederationPeer.spawn_mode == spawn_mode)
-    if statuses:
-        query = query.where(FederationPeer.status.in_(statuses))
-    if cursor:
-        created, peer_id = decode_cursor(cursor)
-        query = query.where(
-            or_(
-                FederationPeer.created_at < created,
-                and_(FederationPeer.created_at == created, FederationPeer.id < peer_id),
-            )
-        )
-    query = query.order_by(FederationPeer.created_at.desc(), FederationPeer.id.desc()).limit(limit + 1)
-    peers = list((await session.scalars(query)).all())
-    next_cursor = encode_cursor(peers[limit - 1]) if len(peers) > limit else None
-    return peers[:limit], next_cursor
 
 
 async def list_peers(

@@ -18,8 +18,8 @@ from sqlalchemy import update
 
 from hub.database import utcnow
 from hub.federation.findings.jobs import federation_findings_sweep
-from hub.federation.peering.heartbeats import asyncpg_dsn
 from hub.federation.peers.models import AcceptanceToken
+from hub.hotpath import asyncpg_dsn
 from tests.harness.listeners import api_listener
 from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
