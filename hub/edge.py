@@ -40,13 +40,16 @@ def networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
 
 
 def is_trusted_proxy(host: str | None, proxies: Iterable[str]) -> bool:
-    if not host:
-        return False
+    return bool(host) and _trusted(host or "", tuple(proxies))
+
+
+@lru_cache(maxsize=4096)  # asked once or twice per request, mostly of the same few addresses
+def _trusted(host: str, proxies: tuple[str, ...]) -> bool:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return any(address in net for net in networks(tuple(proxies)))
+    return any(address in net for net in networks(proxies))
 
 
 def socket_peer(scope: Scope) -> str | None:
