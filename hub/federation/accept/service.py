@@ -13,7 +13,7 @@ import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
-from sqlalchemy import select, text, update
+from sqlalchemy import exists, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.database import session_scope, utcnow
@@ -56,16 +56,9 @@ def parse_request(body: Any) -> tuple[AcceptRequest, int]:
     return request, agreed
 
 
-async def _consume(
-    session: AsyncSession, *, public_id: str, secret_hash: str, key_fp: str | None
-) -> uuid.UUID | None:
-    """Single use in SQL: the one UPDATE that flips consumed_at wins; everyone else gets nothing."""
-    return await session.scalar(
-        update(AcceptanceToken)
-        .where(*_consumable(public_id, secret_hash))
-        .values(consumed_at=utcnow(), consumed_by=key_fp)
-        .returning(AcceptanceToken.peer_id)
-    )
+async def _live_token_peer(session: AsyncSession, *, public_id: str, secret_hash: str) -> uuid.UUID | None:
+    """The peer of a token that could still be consumed (unused, not superseded, not expired)."""
+    return await session.scalar(select(AcceptanceToken.peer_id).where(*_consumable(public_id, secret_hash)))
 
 
 async def _retry_peer(
@@ -124,10 +117,14 @@ _CONSUME_AND_ACCEPT = """
 """
 
 
-async def _driver(session: AsyncSession) -> Any:
-    """The asyncpg connection of this session's transaction: the hot path skips the ORM."""
-    connection = await session.connection()
-    return (await connection.get_raw_connection()).driver_connection
+async def _fetchrow(session: AsyncSession, statement: str, *args: Any) -> Any:
+    """The first row of a hand-written statement, as a mapping, in the session's transaction.
+
+    Through SQLAlchemy's connection, not the asyncpg connection under it: the adapter sends BEGIN
+    with its first statement, so a statement sent past it would run (and commit) on its own, and a
+    rollback would not undo it."""
+    result = await (await session.connection()).exec_driver_sql(statement, args)
+    return result.mappings().first()
 
 
 async def _consume_and_accept(
@@ -145,7 +142,8 @@ async def _consume_and_accept(
     peer comes back as a detached FederationPeer holding what accept needs.
     """
     child = request.child
-    row = await (await _driver(session)).fetchrow(
+    row = await _fetchrow(
+        session,
         _CONSUME_AND_ACCEPT,
         public_id,
         secret_hash,
@@ -216,7 +214,8 @@ async def _held_grant(
     bearer: str | None
     if grant is None:
         grant_id, bearer = await _prepared_bearer(runtime, _prepared_id(peer))
-        row = await (await _driver(session)).fetchrow(
+        row = await _fetchrow(
+            session,
             _INSERT_HELD_GRANT,
             grant_id,
             peer.id,
@@ -290,12 +289,10 @@ async def forget_unclaimed_bearer(runtime: HubRuntime, *, grant_id: uuid.UUID) -
     """The job of an entry the spawn never closed: delete the bearer unless a row names it."""
     async with runtime.sessionmaker() as session:
         named = await session.scalar(
-            select(FederationPeer.id)
-            .where(FederationPeer.metadata_["spawn"]["held_grant_id"].astext == str(grant_id))
-            .limit(1)
+            select(exists().where(FederationPeer.metadata_["spawn"]["held_grant_id"].astext == str(grant_id)))
         )
         granted = await session.get(FederationGrant, grant_id)
-    if named is not None or granted is not None:
+    if named or granted is not None:
         return "kept"
     await runtime.secrets.delete(bearer_secret_path(grant_id))
     return "deleted"
@@ -509,8 +506,8 @@ async def _accept_in(
     retry = False
     if peer is None:  # a used, unknown or expired token, or a peer that may not be accepted
         await session.rollback()
-        peer_id = await _consume(session, **token, key_fp=key_fp)
-        if peer_id is not None:  # a live token whose peer is no longer `proposed`: nothing is kept
+        if await _live_token_peer(session, **token) is not None:
+            # a live token whose peer is no longer `proposed`: the token stays as it is
             raise Unprocessable(
                 "Transition to accepted is not allowed for this peer", code="INVALID_TRANSITION"
             )

@@ -250,6 +250,32 @@ async def test_revoked_child_cannot_accept(client, runtime):
     assert again.status_code == 409
 
 
+async def test_a_live_token_whose_child_moved_on_is_422_and_stays_usable(client, runtime):
+    """A child that left `proposed` by another way (here: suspended) cannot be accepted, and its
+    token is not used up by trying: once the child is proposed again, the same token accepts."""
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "autonomous_peer")
+    child_id = uuid.UUID(data["child"]["id"])
+
+    async def set_status(status: str) -> None:
+        async with runtime.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(FederationPeer).where(FederationPeer.id == child_id).values(status=status)
+            )
+
+    await set_status("suspended")
+    body = {"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    refused = await client.post(ACCEPT, json=body)
+
+    assert refused.status_code == 422 and refused.json()["code"] == "INVALID_TRANSITION"
+    async with runtime.sessionmaker() as session:
+        token = await session.scalar(select(AcceptanceToken).where(AcceptanceToken.peer_id == child_id))
+        assert token is not None and token.consumed_at is None and token.consumed_by is None
+    await set_status("proposed")
+    accepted = await client.post(ACCEPT, json=body)
+    assert accepted.status_code == 200 and accepted.json()["data"]["status"] == "accepted"
+
+
 async def test_accept_is_audited_with_the_public_id_only(client, runtime):
     headers = await operator_headers(runtime)
     data = await spawn(client, headers)

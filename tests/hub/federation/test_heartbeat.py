@@ -13,6 +13,7 @@ from hub.config import FederationSettings, Settings
 from hub.embedded.process import free_port
 from hub.federation.peering.auth import PeerIdentity
 from hub.federation.peering.heartbeats import HeartbeatBatcher
+from hub.hotpath import asyncpg_dsn
 from tests.hub.helpers import ACCEPT, CHILDREN, operator_headers, spawn
 
 API = "/api/v1/system/federation_api"
@@ -129,3 +130,21 @@ def test_an_identity_in_a_log_line_names_the_peer_and_whether_it_is_our_parent_n
     parent = PeerIdentity(peer_id, "cd" * 32, as_parent=True)
 
     assert (repr(child), repr(parent)) == (f"PeerIdentity({peer_id})", f"PeerIdentity({peer_id}, parent)")
+
+
+async def test_the_batcher_holds_no_more_database_connections_than_it_was_given(database_url):
+    """A fleet beating all day must not cost the database a connection per batch: the batcher
+    reuses its connections and never holds more than `connections` of them."""
+    batcher = HeartbeatBatcher(database_url, connections=2)
+    monitor = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for _ in range(25):
+            await asyncio.gather(*(batcher.beat(uuid.uuid4(), None) for _ in range(5)))
+        held = await monitor.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert 1 <= held <= 2
+    finally:
+        await batcher.close()
+        await monitor.close()
