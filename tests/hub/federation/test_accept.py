@@ -206,6 +206,44 @@ async def test_same_key_retry_is_answered_again_another_key_gets_409(client, run
     assert peer.client_cert_fingerprint == b["client_cert_fingerprint"] and grants == 1
 
 
+async def test_only_the_token_itself_unrotated_and_the_key_that_used_it_get_the_answer_again(
+    client, runtime
+):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers)
+    token = data["acceptance_token"]
+    _, csr = make_csr()
+    _, other_csr = make_csr()
+    body = {"acceptance_token": token, "contract_version": 1, "csr_pem": csr}
+    assert (await client.post(ACCEPT, json=body)).status_code == 200
+
+    prefix, public_id, secret = token.split("_", 2)
+    forged = f"{prefix}_{public_id}_{'A' * len(secret)}"  # the public id is no secret
+    wrong_secret = await client.post(ACCEPT, json=body | {"acceptance_token": forged})
+    other_key = await client.post(ACCEPT, json=body | {"csr_pem": other_csr})
+    rotated = await client.post(f"{CHILDREN}/{data['child']['id']}/rotate_token", headers=headers)
+    stale = await client.post(ACCEPT, json=body)  # the same key, with the token the rotate killed
+
+    assert wrong_secret.status_code == 401 and wrong_secret.json() == NOT_RECOGNIZED
+    assert other_key.status_code == 409
+    assert other_key.json()["error"] == "acceptance_token was already redeemed with a different key"
+    assert rotated.status_code == 200
+    assert stale.status_code == 401 and stale.json() == NOT_RECOGNIZED
+
+
+async def test_a_token_accepted_without_a_key_is_answered_again_to_no_key(client, runtime):
+    headers = await operator_headers(runtime)
+    data = await spawn(client, headers, "autonomous_peer")
+    body = {"acceptance_token": data["acceptance_token"], "contract_version": 1}
+    assert (await client.post(ACCEPT, json=body)).status_code == 200
+
+    with_key = await client.post(ACCEPT, json=body | {"csr_pem": make_csr()[1]})
+    without = await client.post(ACCEPT, json=body)
+
+    assert with_key.status_code == 401 and with_key.json() == NOT_RECOGNIZED
+    assert without.status_code == 401 and without.json() == NOT_RECOGNIZED
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
