@@ -58,6 +58,10 @@ def _secrets() -> dict[str, tuple[str, str]]:
     found["header"] = ("headers {'authorization': 'Bearer eyJhbGciOi.J9x.sig'}", "eyJhbGciOi.J9x.sig")
     found["bearer"] = ("Authorization: Bearer abcDEF123456", "abcDEF123456")
     found["json"] = ('body {"password": "js0n-Secret", "user": "x"}', "js0n-Secret")
+    # Case-insensitive matching has equivalences beyond ASCII (the long s is an s, the Kelvin
+    # sign a k): still redacted.
+    found["long s"] = ("connect pa\u017fsword=Long-S-pa55 user=hub", "Long-S-pa55")
+    found["kelvin"] = ("set api_\u212aey=Kelvin-Secret-99 now", "Kelvin-Secret-99")
     found["vault token"] = (f"vault said no to {VAULT_TOKEN}", VAULT_TOKEN)
     found["db password"] = (f"the password is {DB_PASSWORD}", DB_PASSWORD)
     return found
