@@ -77,12 +77,12 @@ async def create_operator_token(
     return row, issued.plaintext
 
 
-# The live token with this public id and secret hash, and its permissions, in one statement that
-# both the ORM path and the children list's raw path (hub/federation/peers/fast.py) run. last_used_at
-# is written at most once a minute: a token's use is news at that grain, and then a read stays a
-# read (no commit to wait for). $1 public id, $2 secret hash.
-AUTHENTICATE = """
-    WITH token AS (
+# The live token with this public id and secret hash ($1, $2), as the WITH list of a statement:
+# AUTHENTICATE, which the ORM path runs, and the children list's raw path, which reads its page in
+# the same round trip (hub/federation/peers/listing.py). last_used_at is written at most once a
+# minute: a token's use is news at that grain, and then a read stays a read (no commit to wait for).
+TOKEN_CTES = """
+    token AS (
         SELECT id, name, permissions, last_used_at FROM operator_token
         WHERE public_id = $1 AND token_hash = $2 AND revoked_at IS NULL
           AND (expires_at IS NULL OR expires_at > now())
@@ -90,9 +90,10 @@ AUTHENTICATE = """
         UPDATE operator_token AS o SET last_used_at = now() FROM token
         WHERE o.id = token.id
           AND (token.last_used_at IS NULL OR token.last_used_at < now() - interval '1 minute')
-    )
-    SELECT id, name, ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions FROM token
-"""
+    )"""
+# The columns operator_of reads, from `token`.
+OPERATOR_COLUMNS = "token.id, token.name, ARRAY(SELECT jsonb_array_elements_text(token.permissions))"
+AUTHENTICATE = f"WITH {TOKEN_CTES} SELECT {OPERATOR_COLUMNS} FROM token"  # noqa: S608 - constants
 
 
 def bearer_parts(bearer: str | None) -> tuple[str, str] | None:
@@ -102,7 +103,7 @@ def bearer_parts(bearer: str | None) -> tuple[str, str] | None:
 
 
 def operator_of(row: Any) -> Operator | None:
-    """The AUTHENTICATE row as an Operator; None without a row."""
+    """An Operator from a row that starts with OPERATOR_COLUMNS; None without a row."""
     if row is None:
         return None
     return Operator(id=str(row[0]), name=row[1], permissions=frozenset(row[2]))
