@@ -35,18 +35,14 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
 def require(permission: str) -> Callable[..., Coroutine[Any, Any, operators_service.Operator]]:
     """A dependency: the calling operator, 401 without a valid token, 403 without `permission`."""
 
     async def dependency(request: Request, runtime: RuntimeDep) -> operators_service.Operator:
         async with runtime.sessionmaker() as session, session.begin():
-            operator = await operators_service.authenticate(session, bearer=_bearer(request))
+            operator = await operators_service.authenticate(
+                session, bearer=operators_service.bearer_of(request.headers.get("authorization", ""))
+            )
         operator.require(permission)
         return operator
 

@@ -96,6 +96,12 @@ OPERATOR_COLUMNS = "token.id, token.name, ARRAY(SELECT jsonb_array_elements_text
 AUTHENTICATE = f"WITH {TOKEN_CTES} SELECT {OPERATOR_COLUMNS} FROM token"  # noqa: S608 - constants
 
 
+def bearer_of(authorization: str) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` header value, else None."""
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
 def bearer_parts(bearer: str | None) -> tuple[str, str] | None:
     """The public id and secret hash of a well-formed operator token, else None."""
     public_id = tokens.public_id_of(tokens.OPERATOR_TOKEN_PREFIX, bearer) if bearer else None

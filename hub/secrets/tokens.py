@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -42,7 +41,3 @@ def public_id_of(prefix: str, plaintext: str) -> str | None:
     if len(parts) != 3 or parts[0] != prefix or not parts[1] or len(parts[2]) < 22:
         return None
     return parts[1]
-
-
-def matches(plaintext: str, secret_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(plaintext), secret_hash)

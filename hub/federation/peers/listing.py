@@ -31,7 +31,7 @@ from hub.observability import context
 from hub.operators import permissions
 from hub.operators import service as operators_service
 from hub.runtime import HubRuntime
-from hub.wire import send_json
+from hub.wire import envelope, send_json
 
 log = logging.getLogger(__name__)
 CHILDREN_PATH = "/api/v1/system/federation/children"
@@ -135,7 +135,7 @@ def page(rows: list[Any], query: PageQuery) -> dict[str, Any]:
     next_cursor = encode_cursor(last[5], last[0]) if last is not None else None
     meta = {"count": len(children), "limit": query.limit, "next_cursor": next_cursor}
     # Plain data: the route's response model checks it; the raw path writes it out.
-    return {"success": True, "data": {"children": children, "count": len(children)}, "meta": meta}
+    return envelope({"children": children, "count": len(children)}, meta=meta)
 
 
 def _summary(row: Any, now: datetime) -> dict[str, Any]:
@@ -178,9 +178,8 @@ def _raw_query(query_string: bytes) -> PageQuery | None:
 
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        if name == b"authorization":  # the first, as Starlette's request.headers.get reads it
+            return operators_service.bearer_of(value.decode("latin-1"))
     return None
 
 
