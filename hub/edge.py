@@ -11,19 +11,28 @@
   the error envelope and the connection closed. So an oversized upload costs at most the limit.
 - **What.** A body that is not valid UTF-8, carries a NUL or nests deeper than MAX_JSON_DEPTH is
   refused with 400: no database driver, log line or JSON parser downstream gets to choke on it.
+- **The access line.** One line per answer, in uvicorn's format, under the `hub.access` logger.
+  It is written here, not by uvicorn (whose access logger is cut off, so it never even builds the
+  record), so that an accepted heartbeat costs none: at thousands a second they are counted in
+  /metrics instead. A refused heartbeat is logged.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
+import urllib.parse
 from collections.abc import Iterable
 from functools import lru_cache
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.federation.peering import HEARTBEAT_PATH
 from hub.wire import error_body, send_json
+
+ACCESS_LOG = logging.getLogger("hub.access")
 
 SOCKET_PEER = "powernode.socket_peer"
 LISTENER = "powernode.listener"
@@ -168,6 +177,34 @@ def _bad_text(body: bytes) -> str | None:
     return None
 
 
+def _access_line(scope: Scope, status: int) -> None:
+    client = scope.get("client")
+    target = urllib.parse.quote(scope["path"])
+    if query := scope.get("query_string"):
+        target += "?" + query.decode("ascii", "replace")
+    ACCESS_LOG.info(
+        '%s - "%s %s HTTP/%s" %d',
+        f"{client[0]}:{client[1]}" if client else "",
+        scope["method"],
+        target,
+        scope.get("http_version", "1.1"),
+        status,
+    )
+
+
+def _logging(scope: Scope, send: Send) -> Send:
+    """`send`, writing the access line as the answer starts (with the client address the app saw)."""
+
+    async def logged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            if status >= 400 or scope["path"] != HEARTBEAT_PATH:
+                _access_line(scope, status)
+        await send(message)
+
+    return logged
+
+
 class Edge:
     """Wraps the whole app (the heartbeat's raw path included); see the module docstring."""
 
@@ -188,6 +225,8 @@ class Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            send = _logging(scope, send)
         path: str = scope["path"]
         federation_path = path.startswith(FEDERATION_API_PREFIX)
         on_federation_listener = scope.get(LISTENER) == FEDERATION_LISTENER

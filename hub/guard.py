@@ -1,7 +1,7 @@
 """A lost dependency answers 503, never 500; a lost race with another transaction is retried.
 
-Every request goes through `guarded()` (the heartbeat fast path too). It classifies what escaped
-the app:
+Every request goes through `guarded()`, except the heartbeat's raw path, which answers each of
+its failures itself (a lost database is its own 503). It classifies what escaped the app:
 - PostgreSQL unreachable (refused, dropped, starting up, shutting down, pool exhausted waiting for
   it): 503 `DATABASE_UNAVAILABLE`;
 - Redis unreachable: 503 `REDIS_UNAVAILABLE`;

@@ -117,7 +117,8 @@ class HubApp(FastAPI):
             and scope["path"] == peering_router.HEARTBEAT_PATH
             and scope["method"] == "POST"
         ):
-            await guard.guarded(self._heartbeat, scope, receive, send)
+            # not guarded: it answers every failure itself (a lost database is its own 503)
+            await peering_router.heartbeat(self.state.runtime, scope, receive, send)
             return
         if (
             scope["type"] == "http"
@@ -134,9 +135,6 @@ class HubApp(FastAPI):
         ):
             return
         await super().__call__(scope, receive, send)
-
-    async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await peering_router.heartbeat(self.state.runtime, scope, receive, send)
 
     async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
         await accept_router.serve_raw(self.state.runtime, scope, receive, send)

@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from hub.federation.peering import HEARTBEAT_PATH
 from hub.observability import context
 from hub.observability.redaction import Redactor
 
 REDACTOR = Redactor()
-UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+UVICORN_ACCESS = "uvicorn.access"
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", UVICORN_ACCESS, "uvicorn.asgi")
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -105,26 +105,14 @@ def configure(
     return handler
 
 
-class _QuietHeartbeats(logging.Filter):
-    """Accepted heartbeats are counted in /metrics, not logged one by one: at 10k/s the access log
-    alone would cost more than the heartbeats. Refused ones are still logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) >= 5 and args[2] == HEARTBEAT_PATH:
-            return not (isinstance(args[4], int) and args[4] < 400)
-        return True
-
-
 def route_uvicorn_loggers() -> None:
-    """uvicorn installs its own handlers whenever a `uvicorn.Config` is made; send its lines to ours."""
+    """uvicorn installs its own handlers whenever a `uvicorn.Config` is made; send its lines to ours.
+    Its access logger is cut off instead: uvicorn builds an access record whenever that logger has a
+    handler, even for a line nobody keeps. hub/edge.py writes the access line (`hub.access`)."""
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
-        logger.propagate = True
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, _QuietHeartbeats) for f in access.filters):
-        access.addFilter(_QuietHeartbeats())
+        logger.propagate = name != UVICORN_ACCESS
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -55,4 +55,5 @@ def uvicorn_config(app: Any, runtime: HubRuntime, settings: Settings) -> uvicorn
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
         timeout_graceful_shutdown=10,
         proxy_headers=False,
+        access_log=False,  # hub/edge.py writes the access line
     )

@@ -205,6 +205,7 @@ async def _serve(
             lifespan="on",
             timeout_graceful_shutdown=10,
             proxy_headers=False,  # hub/edge.py believes X-Forwarded-For only from trusted proxies
+            access_log=False,  # hub/edge.py writes the access line
         )
         api = _ApiServer(config)
         with exclusive_lock(settings.data_dir / "tls.lock"):  # API processes share the data dir's files

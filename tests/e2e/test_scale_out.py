@@ -268,5 +268,5 @@ async def test_two_apis_and_two_workers_share_one_database_redis_and_data_dir(
     secrets = [token, acceptance_token, won["grant"]["bearer_token"]]
     secrets += [urlsplit(database_url).password, urlsplit(redis_url).password]
     assert not [s for s in secrets if s and s in everything]
-    access = [e for api in apis for e in api.events() if e["logger"] == "uvicorn.access"]
+    access = [e for api in apis for e in api.events() if e["logger"] == "hub.access"]
     assert access and all(e.get("request_id") for e in access)

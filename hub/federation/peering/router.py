@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
@@ -45,12 +46,16 @@ def peer_identity(request: Request) -> auth.PeerIdentity:
 
 def _identify(runtime: HubRuntime, scope: Scope) -> auth.PeerIdentity:
     tls = scope.get("extensions", {}).get("tls") or {}
+    cert_header = runtime.settings.federation.client_cert_header
+    wanted = cert_header.lower()
+    name = wanted.encode("latin-1")
     return auth.identify(
         tls_chain=tls.get("client_cert_chain"),
-        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
+        # the only header identify() reads, each time it was sent
+        headers=[(wanted, v.decode("latin-1")) for k, v in scope["headers"] if k.lower() == name],
         socket_peer=edge.socket_peer(scope),
         trusted_proxies=runtime.settings.federation.trusted_proxies,
-        cert_header=runtime.settings.federation.client_cert_header,
+        cert_header=cert_header,
     )
 
 
@@ -250,8 +255,8 @@ async def _beat(runtime: HubRuntime, scope: Scope, receive: Receive) -> dict:
     reported = NOTHING_REPORTED
     if body.strip():
         try:
-            reported = _reported(HeartbeatRequest.model_validate(json.loads(body)))
-        except (ValueError, ValidationError):
+            reported = _reported(HeartbeatRequest.model_validate_json(body))
+        except ValidationError:
             raise Unprocessable("invalid heartbeat body", code="INVALID_REQUEST") from None
     try:
         beat = await _batcher(runtime).beat(identity.peer_id, identity.cert_fingerprint, reported)
@@ -305,4 +310,4 @@ async def heartbeat(runtime: HubRuntime, scope: Scope, receive: Receive, send: S
     except Exception as e:  # still the one error shape, never uvicorn's bare 500 and a traceback out
         log.error("unhandled error on a heartbeat: %s", type(e).__name__, exc_info=e)
         status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
-    await send_json(send, status, json.dumps(payload, separators=(",", ":")).encode())
+    await send_json(send, status, pydantic_core.to_json(payload))

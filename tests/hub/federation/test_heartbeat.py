@@ -148,3 +148,23 @@ async def test_the_batcher_holds_no_more_database_connections_than_it_was_given(
     finally:
         await batcher.close()
         await monitor.close()
+
+
+async def test_an_accepted_heartbeat_writes_no_access_line_every_other_answer_does(client, runtime, caplog):
+    peer_id, _ = await accepted_child(client, runtime)
+    peer = {"X-Client-S-DN-CN": f"fed:{peer_id}"}
+    stranger = {"X-Client-S-DN-CN": f"fed:{uuid.uuid4()}"}
+    await client.post(f"{API}/enroll", headers=peer, json={"platform_id": "p-1", "platform_url": "http://c.test"})
+
+    with caplog.at_level(logging.INFO, logger="hub.access"):
+        beats = [await client.post(f"{API}/heartbeat", headers=peer) for _ in range(3)]
+        refused = await client.post(f"{API}/heartbeat", headers=stranger)
+        peer_view = await client.get(f"{API}/peer?marker=1", headers=peer)
+
+    assert [b.status_code for b in beats] == [200] * 3 and refused.status_code == 401
+    assert peer_view.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "hub.access"]
+    assert lines == [
+        f'127.0.0.1:123 - "POST {API}/heartbeat HTTP/1.1" 401',
+        f'127.0.0.1:123 - "GET {API}/peer?marker=1 HTTP/1.1" 200',
+    ]
