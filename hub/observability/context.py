@@ -61,7 +61,8 @@ def binds_peer(identify: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(identify)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         identity = identify(*args, **kwargs)
-        bind(peer_id=str(identity.peer_id))
+        if _fields.get() is not None:  # a request's context to add to (the raw paths have none)
+            bind(peer_id=str(identity.peer_id))
         return identity
 
     return wrapper

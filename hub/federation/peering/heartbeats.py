@@ -15,6 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -55,9 +56,9 @@ _BATCH_UPDATE = """
 """
 
 
-@dataclass(frozen=True)
-class Reported:
-    """What one heartbeat body carries, ready for the batch statement (JSON text or None each)."""
+class Reported(NamedTuple):
+    """What one heartbeat body carries, ready for the batch statement (JSON text or None each).
+    Tuples, not dataclasses: one is built per heartbeat."""
 
     capabilities: str | None = None
     endpoints: str | None = None
@@ -70,8 +71,7 @@ class Reported:
 NOTHING_REPORTED = Reported()
 
 
-@dataclass(frozen=True)
-class Beat:
+class Beat(NamedTuple):
     status: str
     last_heartbeat_at: datetime
     platform_version: str | None = None

@@ -284,21 +284,17 @@ def _text(value: str | None) -> str | None:
 
 def _reported(request: HeartbeatRequest) -> Reported:
     """What the body says, the original's way: a blank value leaves the stored one unchanged."""
-    if request == _EMPTY_HEARTBEAT:
-        return NOTHING_REPORTED
-    endpoints = [e.model_dump(exclude_none=True) for e in request.endpoints or ()]
+    endpoints = [e.model_dump(exclude_none=True) for e in request.endpoints] if request.endpoints else None
     cursor = request.sync_cursor.strip() if isinstance(request.sync_cursor, str) else request.sync_cursor
+    slugs = request.extension_slugs
     return Reported(
         capabilities=_json(request.capabilities),
         endpoints=_json(endpoints),
         sync_cursor=_json(cursor),
-        extension_slugs=_json([slug.strip() for slug in request.extension_slugs or () if slug.strip()]),
+        extension_slugs=_json([slug.strip() for slug in slugs if slug.strip()]) if slugs else None,
         platform_version=_text(request.platform_version),
         data_residency=_text(request.data_residency),
     )
-
-
-_EMPTY_HEARTBEAT = HeartbeatRequest()
 
 
 async def heartbeat(runtime: HubRuntime, scope: Scope, receive: Receive, send: Send) -> None:
