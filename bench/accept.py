@@ -246,7 +246,7 @@ def run() -> Result:
             f"hub process CPU {hub_cpu * 1000:.2f} ms per accept (its background just before: "
             f"{idle:.0%} of a core); {cpu}"
         )
-        crypto = crypto_only(hub.data_dir / "ca", [b["csr_pem"] for b in bodies[:CRYPTO_SAMPLES]])
+        crypto = crypto_only(hub.data_dir / "ca", [str(b["csr_pem"]) for b in bodies[:CRYPTO_SAMPLES]])
         result.say(
             f"cryptography alone (CSR load+verify, certificate build+sign+encode): {crypto * 1000:.3f} ms"
         )

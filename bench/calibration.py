@@ -11,12 +11,13 @@ import hashlib
 import os
 import platform
 import time
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 
-def _best(fn, rounds: int = 5) -> float:  # type: ignore[no-untyped-def]
+def _best(fn: Callable[[], object], rounds: int = 5) -> float:
     best = float("inf")
     for _ in range(rounds):
         began = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,7 +67,7 @@ def create_app(database_url: str, ca: FederationCA) -> FastAPI:
                 token is None
                 or token.consumed_at is not None
                 or token.expires_at <= now
-                or not tokens.matches(plaintext, token.secret_hash)
+                or not hmac.compare_digest(tokens.hash_secret(plaintext), token.secret_hash)
             ):
                 return refuse()
             peer = await session.get(FederationPeer, token.peer_id)
