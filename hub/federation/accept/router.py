@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pydantic_core
 from fastapi import APIRouter, Request
 from starlette.types import Receive, Scope, Send
 
@@ -75,6 +76,6 @@ async def serve_raw(runtime: HubRuntime, scope: Scope, receive: Receive, send: S
                 raise
             log.error("unhandled error on POST %s: %s", ACCEPT_PATH, type(e).__name__, exc_info=e)
             status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
-        body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        body = pydantic_core.to_json(payload)
         # Inside the request's log context: the access line names the request id too.
         await send_json(send, status, body, (context.REQUEST_ID_HEADER.encode(), request_id.encode()))
