@@ -34,9 +34,11 @@ _CORE = ("time", "level", "logger", "message")
 def _fields(record: logging.LogRecord, redactor: Redactor) -> dict[str, Any]:
     """The request/peer/job context, then the record's `extra` fields, all redacted."""
     fields: dict[str, Any] = dict(context.current())
-    for key, value in vars(record).items():
-        if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-            fields[key] = value
+    attributes = vars(record)
+    if extra := attributes.keys() - _RECORD_ATTRIBUTES:  # most records have none
+        fields.update((k, v) for k, v in attributes.items() if k in extra and not k.startswith("_"))
+    if not fields:
+        return {}
     redacted: dict[str, Any] = redactor.value({k: v for k, v in fields.items() if k not in _CORE})
     return redacted
 

@@ -61,6 +61,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
 _SECRET_FIELD = re.compile(rf"(?i){_SECRET_KEY}|[A-Za-z0-9_.\-]*(?:authorization|private_key|bearer)")
 
 
+def _mentions(text: str, literals: tuple[str, ...]) -> bool:
+    for literal in literals:
+        if literal in text:
+            return True
+    return False
+
+
 class Redactor:
     """Removes the known secret shapes and the registered secret values from text."""
 
@@ -85,12 +92,15 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._known_pattern is not None:
             value = self._known_pattern.sub(REDACTED, value)
+        # Outside ASCII, case-insensitive matching has its own equivalences (the long s, U+017F,
+        # matches s): there every pattern runs. A substitution only puts ASCII in.
+        every = not value.isascii()
+        lowered = value.lower()
         for pattern, replacement, literals in _PATTERNS:
-            # Outside ASCII, case-insensitive matching has its own equivalences (the long s,
-            # U+017F, matches s): there every pattern runs.
-            lowered = value.lower()
-            if not value.isascii() or any(literal in lowered for literal in literals):
-                value = pattern.sub(replacement, value)
+            if every or _mentions(lowered, literals):
+                redacted = pattern.sub(replacement, value)
+                if redacted != value:
+                    value, lowered = redacted, redacted.lower()
         return value
 
     def value(self, value: Any) -> Any:
