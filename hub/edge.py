@@ -13,8 +13,8 @@
   refused with 400: no database driver, log line or JSON parser downstream gets to choke on it.
 - **The access line.** One line per answer, in uvicorn's format, under the `hub.access` logger.
   It is written here, not by uvicorn (whose access logger is cut off, so it never even builds the
-  record), so that an accepted heartbeat costs none: at thousands a second they are counted in
-  /metrics instead. A refused heartbeat is logged.
+  record), so that an accepted heartbeat costs none: at thousands a second, each peer's
+  `last_heartbeat_at` and /metrics' heartbeat lag say more than lines would. A refused one is logged.
 """
 
 from __future__ import annotations
