@@ -125,7 +125,8 @@ class HubApp(FastAPI):
             and scope["path"] == accept_router.ACCEPT_PATH
             and scope["method"] == "POST"
         ):
-            await guard.guarded(self._accept, scope, receive, send)
+            # the request id outside the guard: its own 503 carries the X-Request-ID too
+            await RequestContextMiddleware(self._guarded_accept)(scope, receive, send)
             return
         if (
             scope["type"] == "http"
@@ -135,6 +136,9 @@ class HubApp(FastAPI):
         ):
             return
         await super().__call__(scope, receive, send)
+
+    async def _guarded_accept(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await guard.guarded(self._accept, scope, receive, send)
 
     async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
         await accept_router.serve_raw(self.state.runtime, scope, receive, send)

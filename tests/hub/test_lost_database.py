@@ -72,6 +72,8 @@ async def test_every_endpoint_answers_503_while_postgres_is_down_and_recovers(
     assert [a.status_code for a in answers] == [503, 503, 503]
     assert {a.json()["code"] for a in answers} == {"DATABASE_UNAVAILABLE"}
     assert all(a.json()["success"] is False for a in answers)
+    # accept's 503 is the guard's own answer, outside FastAPI's middleware: it carries the id too
+    assert all(a.headers.get("x-request-id") for a in answers), [dict(a.headers) for a in answers]
     assert ready.status_code == 503 and "database is unreachable" in ready.json()["error"]
     assert back.status_code == 200
 

@@ -18,7 +18,6 @@ from hub import guard
 from hub.dependencies import RuntimeDep
 from hub.exceptions import HubError, Unprocessable
 from hub.federation.accept import service as accept_service
-from hub.observability import context
 from hub.runtime import HubRuntime
 from hub.wire import envelope, error_body, send_json
 
@@ -53,29 +52,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def serve_raw(runtime: HubRuntime, scope: Scope, receive: Receive, send: Send) -> None:
-    """The same endpoint as raw ASGI: the request id, the one error shape, and what the guard
-    classifies (a lost database: 503; a serialization failure: run again) as with the middleware."""
-    request_id = context.request_id_of(scope)
-    with context.scope(request_id=request_id):
-        try:
-            raw, more = b"", True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away
-                raw += message.get("body", b"")
-                more = message.get("more_body", False)
-            data = await accept_service.accept_request(
-                runtime, body=_body_json(raw), request_host=_header(scope, b"host")
-            )
-            status, payload = 200, envelope(data.to_wire())
-        except HubError as e:
-            status, payload = e.status_code, error_body(e.message, e.code, e.details)
-        except Exception as e:
-            if guard.classify(e) is not None:
-                raise
-            log.error("unhandled error on POST %s: %s", ACCEPT_PATH, type(e).__name__, exc_info=e)
-            status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
-        body = pydantic_core.to_json(payload)
-        # Inside the request's log context: the access line names the request id too.
-        await send_json(send, status, body, (context.REQUEST_ID_HEADER.encode(), request_id.encode()))
+    """The same endpoint as raw ASGI: the one error shape, and what the guard classifies (a lost
+    database: 503; a serialization failure: run again) as with the middleware. HubApp.dispatch runs
+    it inside the guard and, outside that, RequestContextMiddleware (the request id)."""
+    try:
+        raw, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            raw += message.get("body", b"")
+            more = message.get("more_body", False)
+        data = await accept_service.accept_request(
+            runtime, body=_body_json(raw), request_host=_header(scope, b"host")
+        )
+        status, payload = 200, envelope(data.to_wire())
+    except HubError as e:
+        status, payload = e.status_code, error_body(e.message, e.code, e.details)
+    except Exception as e:
+        if guard.classify(e) is not None:
+            raise
+        log.error("unhandled error on POST %s: %s", ACCEPT_PATH, type(e).__name__, exc_info=e)
+        status, payload = 500, error_body("Internal server error", "INTERNAL_ERROR")
+    await send_json(send, status, pydantic_core.to_json(payload))
