@@ -152,7 +152,7 @@ end
 def crypto_only(ca_dir: Path, csrs: list[str]) -> float:
     """CPU seconds per accept spent in the cryptography alone: load and verify the CSR, build and
     sign the certificate, encode it (as the hub does, with the hub's own CA key). Measured over
-    CRYPTO_ROUNDS passes (about a second): a single short pass swung 0.24-0.41 ms on one machine."""
+    CRYPTO_ROUNDS passes (a third of a second or so): one pass swung 0.24-0.41 ms on one machine."""
     ca = load_ca(ca_dir)
     peer = uuid.uuid4()
     began = time.process_time()

@@ -178,6 +178,8 @@ def _bad_text(body: bytes) -> str | None:
 
 
 def _access_line(scope: Scope, status: int) -> None:
+    """uvicorn's line; not its helpers, whose strict ASCII decode of the query would raise on a
+    client's stray byte there."""
     client = scope.get("client")
     target = urllib.parse.quote(scope["path"])
     if query := scope.get("query_string"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -125,8 +126,7 @@ class HubApp(FastAPI):
             and scope["path"] == accept_router.ACCEPT_PATH
             and scope["method"] == "POST"
         ):
-            # the request id outside the guard: its own 503 carries the X-Request-ID too
-            await RequestContextMiddleware(self._guarded_accept)(scope, receive, send)
+            await self._accept_with_id(scope, receive, send)
             return
         if (
             scope["type"] == "http"
@@ -136,6 +136,11 @@ class HubApp(FastAPI):
         ):
             return
         await super().__call__(scope, receive, send)
+
+    @functools.cached_property
+    def _accept_with_id(self) -> RequestContextMiddleware:
+        """The request id outside the guard: the guard's own 503 carries X-Request-ID too."""
+        return RequestContextMiddleware(self._guarded_accept)
 
     async def _guarded_accept(self, scope: Scope, receive: Receive, send: Send) -> None:
         await guard.guarded(self._accept, scope, receive, send)
